@@ -1,0 +1,355 @@
+//! `forget` (retention rules), `prune` (drop unreferenced data, repack sparse packs) and
+//! `repair index` (rebuild the index from the packs alone).
+//!
+//! Order of writes keeps every step crash-safe: new packs, then an index that covers them and
+//! names the index files it supersedes, then deletion of old index files, then of old packs.
+//! An interruption anywhere leaves a readable repository; at worst some unreferenced packs.
+//! Prune must not run while a backup writes to the same repository (the server serialises them).
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{index_pack, Index};
+use crate::model::{Content, IndexFile, Snapshot};
+use crate::pack::{self, pack_name, FOOTER_LEN};
+use crate::repository::{index_name, Repository};
+use crate::writer::PreparedChunk;
+
+/// Which snapshots to keep. A snapshot is kept if any rule keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Retention {
+    /// Keep the newest N.
+    pub keep_last: usize,
+    /// Keep the newest snapshot of each of the last N days that have snapshots.
+    pub keep_daily: usize,
+    /// Same per ISO week.
+    pub keep_weekly: usize,
+    /// Same per calendar month.
+    pub keep_monthly: usize,
+}
+
+impl Retention {
+    /// True if no rule is set (such a policy would delete everything, so it is refused).
+    pub fn is_empty(&self) -> bool {
+        self.keep_last == 0 && self.keep_daily == 0 && self.keep_weekly == 0 && self.keep_monthly == 0
+    }
+}
+
+/// The decision for one snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ForgetDecision {
+    /// Snapshot id.
+    pub id: Id,
+    /// Snapshot time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// Whether it stays.
+    pub keep: bool,
+    /// The rules that keep it (empty when removed).
+    pub reasons: Vec<String>,
+}
+
+/// Applies `policy` to snapshots, separately for each (host, paths) group. Pure: no I/O.
+pub fn plan_forget(snapshots: &[(Id, Snapshot)], policy: &Retention) -> Result<Vec<ForgetDecision>> {
+    if policy.is_empty() {
+        return Err(Error::Invalid("a retention policy needs at least one keep rule".into()));
+    }
+    type Group = (String, Vec<String>);
+    let mut groups: HashMap<Group, Vec<&(Id, Snapshot)>> = HashMap::new();
+    for s in snapshots {
+        groups.entry((s.1.hostname.clone(), s.1.paths.clone())).or_default().push(s);
+    }
+    let mut out = Vec::new();
+    for (_, mut list) in groups {
+        list.sort_by(|a, b| b.1.time.cmp(&a.1.time).then(b.0.cmp(&a.0)));
+        type Bucket = fn(&OffsetDateTime) -> (i32, u32);
+        let rules: [(&str, usize, Bucket); 4] = [
+            ("last", policy.keep_last, |_| (0, 0)),
+            ("daily", policy.keep_daily, |t| (t.year(), t.ordinal() as u32)),
+            ("weekly", policy.keep_weekly, |t| {
+                let (y, w, _) = t.to_iso_week_date();
+                (y, w as u32)
+            }),
+            ("monthly", policy.keep_monthly, |t| (t.year(), t.month() as u32)),
+        ];
+        let mut reasons: Vec<Vec<String>> = vec![Vec::new(); list.len()];
+        for (rule, count, bucket) in rules {
+            let mut left = count;
+            let mut last: Option<(i32, u32)> = None;
+            for (i, (_, snap)) in list.iter().map(|s| (&s.0, &s.1)).enumerate() {
+                if left == 0 {
+                    break;
+                }
+                let b = if rule == "last" { (0, i as u32) } else { bucket(&snap.time.to_offset(time::UtcOffset::UTC)) };
+                if last != Some(b) {
+                    reasons[i].push(rule.to_string());
+                    left -= 1;
+                    last = Some(b);
+                }
+            }
+        }
+        for (s, r) in list.iter().zip(reasons) {
+            out.push(ForgetDecision { id: s.0, time: s.1.time, keep: !r.is_empty(), reasons: r });
+        }
+    }
+    out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+/// Applies a retention policy: deletes the snapshots it does not keep (data stays until prune).
+pub fn forget(repo: &Repository, policy: &Retention, dry_run: bool) -> Result<Vec<ForgetDecision>> {
+    let plan = plan_forget(&repo.snapshots()?, policy)?;
+    if !dry_run {
+        for d in plan.iter().filter(|d| !d.keep) {
+            repo.backend().delete(&crate::repository::snapshot_name(&d.id))?;
+        }
+        repo.backend().sync()?;
+    }
+    Ok(plan)
+}
+
+/// Settings of prune.
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Repack a pack when more than this percentage of its bytes is unreferenced.
+    pub max_unused_percent: u8,
+    /// Only report what would be done.
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions { max_unused_percent: 20, dry_run: false }
+    }
+}
+
+/// What prune did (or would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    /// Blobs referenced by some snapshot.
+    pub blobs_used: usize,
+    /// Blobs dropped.
+    pub blobs_removed: usize,
+    /// Packs deleted outright (nothing in them referenced).
+    pub packs_deleted: usize,
+    /// Packs rewritten because they were mostly unreferenced.
+    pub packs_repacked: usize,
+    /// Packs found in storage but not in the index, deleted.
+    pub orphans_deleted: usize,
+    /// Bytes of storage freed (net of what repacking wrote).
+    pub bytes_freed: i64,
+}
+
+/// Every blob id referenced by any snapshot. Fails if any snapshot or tree cannot be read:
+/// deciding what is unused from a partial view would delete live data.
+pub fn used_blobs(repo: &Repository) -> Result<HashSet<Id>> {
+    let mut used = HashSet::new();
+    for (_, snap) in repo.snapshots()? {
+        let mut stack = vec![snap.tree];
+        while let Some(t) = stack.pop() {
+            if !used.insert(t) {
+                continue;
+            }
+            for node in repo.load_tree(&t)?.nodes {
+                if let Some(sub) = node.subtree {
+                    stack.push(sub);
+                }
+                for c in node.content {
+                    if let Content::Chunk { id, .. } = c {
+                        used.insert(id);
+                    }
+                }
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// Removes unreferenced data. See the module documentation for the crash-safe order.
+pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    let used = used_blobs(repo)?;
+    let mut report = PruneReport { blobs_used: used.len(), ..Default::default() };
+    let (mut keep, mut delete, mut repack) = (Vec::new(), Vec::new(), Vec::new());
+    {
+        let index = repo.index();
+        let mut used_bytes: HashMap<u32, u64> = HashMap::new();
+        for (id, loc) in index.blobs() {
+            if used.contains(id) {
+                *used_bytes.entry(loc.pack).or_default() += u64::from(loc.len);
+            } else {
+                report.blobs_removed += 1;
+            }
+        }
+        for (pos, meta) in index.packs().iter().enumerate() {
+            let pos = pos as u32;
+            // Unused = everything but live blobs: dead blobs, duplicates, header and footer.
+            let live = used_bytes.get(&pos).copied().unwrap_or(0);
+            if live == 0 {
+                delete.push(pos);
+            } else if (meta.size - live.min(meta.size)) * 100 > meta.size * u64::from(opts.max_unused_percent) {
+                repack.push(pos);
+            } else {
+                keep.push(pos);
+            }
+        }
+    }
+    let indexed: HashSet<Id> = repo.index().packs().iter().map(|p| p.id).collect();
+    let orphans: Vec<(String, u64)> = repo
+        .backend()
+        .list("data")?
+        .into_iter()
+        .filter(|(n, _)| n.rsplit('/').next().and_then(Id::from_hex).is_none_or(|id| !indexed.contains(&id)))
+        .collect();
+    report.packs_deleted = delete.len();
+    report.packs_repacked = repack.len();
+    report.orphans_deleted = orphans.len();
+    let size_of = |pos: &u32| repo.index().pack(*pos).map(|p| p.size as i64).unwrap_or(0);
+    report.bytes_freed = delete.iter().chain(&repack).map(size_of).sum::<i64>() + orphans.iter().map(|o| o.1 as i64).sum::<i64>();
+    if opts.dry_run || (delete.is_empty() && repack.is_empty() && orphans.is_empty()) {
+        return Ok(report);
+    }
+
+    // 1. Copy the live blobs of sparse packs into new packs.
+    let mut writer = repo.writer();
+    writer.force_rewrite();
+    for pos in &repack {
+        let blobs: Vec<(Id, crate::index::BlobLoc)> =
+            repo.index().blobs().filter(|(id, l)| l.pack == *pos && used.contains(*id)).map(|(i, l)| (*i, *l)).collect();
+        for (id, loc) in blobs {
+            let plain = repo.read_blob(&id)?;
+            let raw_len = plain.len() as u32;
+            let chunk = match crate::chunker::compress(&plain, repo.config().compression_level) {
+                Some(z) => PreparedChunk { id, kind: loc.kind, raw_len, compressed: true, data: z },
+                None => PreparedChunk { id, kind: loc.kind, raw_len, compressed: false, data: plain },
+            };
+            crate::writer::ChunkSink::put(&writer, chunk)?;
+        }
+    }
+    let new_packs = writer.finish_packs()?;
+    report.bytes_freed -= new_packs.iter().map(|p| p.size as i64).sum::<i64>();
+
+    // 2. One index covering kept and new packs, superseding every current index file.
+    let mut file = IndexFile { packs: Vec::new(), supersedes: repo.index_file_ids() };
+    {
+        let index = repo.index();
+        for pos in &keep {
+            if let Some(meta) = index.pack(*pos) {
+                file.packs.push(index_pack_entries(&index, *pos, meta));
+            }
+        }
+    }
+    file.packs.extend(new_packs);
+    let old_files = file.supersedes.clone();
+    let new_id = repo.write_index_file(&file)?;
+    repo.backend().sync()?;
+    let mut fresh = Index::default();
+    fresh.add_file(&index_name(&new_id), &file)?;
+
+    // 3. Old index files, then old packs.
+    for id in &old_files {
+        repo.backend().delete(&index_name(id))?;
+    }
+    repo.backend().sync()?;
+    let doomed: Vec<String> = {
+        let index = repo.index();
+        delete.iter().chain(&repack).filter_map(|p| index.pack(*p)).map(|m| pack_name(&m.id)).collect()
+    };
+    repo.replace_index(fresh, vec![new_id]);
+    for name in doomed.iter().chain(orphans.iter().map(|o| &o.0)) {
+        repo.backend().delete(name)?;
+    }
+    repo.backend().sync()?;
+    Ok(report)
+}
+
+/// The index record of an indexed pack, with the blobs the in-memory index places there.
+fn index_pack_entries(index: &Index, pos: u32, meta: &crate::index::PackMeta) -> crate::model::IndexPack {
+    let mut rec = index_pack(meta.id, meta.size, meta.kek_version, &meta.wrapped, &[]);
+    rec.blobs = index
+        .blobs()
+        .filter(|(_, l)| l.pack == pos)
+        .map(|(id, l)| crate::model::IndexBlob {
+            n: l.n,
+            id: *id,
+            kind: l.kind,
+            offset: l.offset,
+            len: l.len,
+            raw_len: l.raw_len,
+            compressed: l.compressed,
+        })
+        .collect();
+    rec.blobs.sort_by_key(|b| b.n);
+    rec
+}
+
+/// Findings of `repair index`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairReport {
+    /// Packs read and indexed.
+    pub packs: usize,
+    /// Blobs indexed.
+    pub blobs: usize,
+    /// Packs that could not be read (left in place, not indexed).
+    pub unreadable: Vec<String>,
+    /// Index files replaced.
+    pub replaced: usize,
+}
+
+/// Rebuilds the index from the packs alone and replaces every index file.
+pub fn repair_index(repo: &Repository) -> Result<RepairReport> {
+    let mut report = RepairReport::default();
+    let mut file = IndexFile::default();
+    for (name, size) in repo.backend().list("data")? {
+        let Some(id) = name.rsplit('/').next().and_then(Id::from_hex) else { continue };
+        if size < FOOTER_LEN as u64 {
+            report.unreadable.push(name);
+            continue;
+        }
+        let parsed = (|| -> Result<_> {
+            let tail = repo.backend().get_range(&name, size - FOOTER_LEN as u64..size)?;
+            let footer = pack::parse_footer(&name, &tail)?;
+            let data_end = (size - FOOTER_LEN as u64)
+                .checked_sub(u64::from(footer.header_len))
+                .ok_or_else(|| Error::corrupt(&name, "header length exceeds the pack"))?;
+            let tail = repo.backend().get_range(&name, data_end..size - FOOTER_LEN as u64)?;
+            let kek = repo
+                .kek(footer.kek_version)
+                .ok_or_else(|| Error::corrupt(&name, format!("unknown key version {}", footer.kek_version)))?;
+            let dek = kek
+                .unwrap_key(&footer.wrapped, pack::PACK_KEY_AAD, &name)
+                .map_err(|_| Error::corrupt(&name, "pack data key fails authentication"))?;
+            let entries = pack::parse_header(&name, &dek, &tail, data_end)?;
+            Ok((footer, entries))
+        })();
+        match parsed {
+            Ok((footer, entries)) => {
+                report.packs += 1;
+                report.blobs += entries.len();
+                file.packs.push(index_pack(id, size, footer.kek_version, &footer.wrapped, &entries));
+            }
+            Err(_) => report.unreadable.push(name),
+        }
+    }
+    let old: Vec<Id> = repo
+        .backend()
+        .list("index")?
+        .into_iter()
+        .filter_map(|(n, _)| n.strip_prefix("index/").and_then(Id::from_hex))
+        .collect();
+    file.supersedes = old.clone();
+    let new_id = repo.write_index_file(&file)?;
+    repo.backend().sync()?;
+    for id in &old {
+        repo.backend().delete(&index_name(id))?;
+    }
+    repo.backend().sync()?;
+    report.replaced = old.len();
+    let mut fresh = Index::default();
+    fresh.add_file(&index_name(&new_id), &file)?;
+    repo.replace_index(fresh, vec![new_id]);
+    Ok(report)
+}

@@ -1,0 +1,449 @@
+//! A repository: config, keys, index and the operations every command builds on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use time::OffsetDateTime;
+
+use crate::backend::Backend;
+use crate::chunker::{self, ChunkHasher, ChunkerParams};
+use crate::crypto::{Key, MasterKey};
+use crate::error::{Error, Result};
+use crate::id::Id;
+use crate::index::{BlobLoc, Index};
+use crate::model::{Config, IndexFile, KekFile, Snapshot, Tree, WrappedKey, Wrapping};
+use crate::pack::{self, PACK_KEY_AAD};
+use crate::rng::SharedRng;
+use crate::sealed::{self, ObjectKind};
+
+const CONFIG: &str = "config";
+const CHUNK_KEY_AAD: &[u8] = b"strongroom chunk-id key v1";
+/// Largest pack size a repository may choose.
+pub const MAX_PACK_SIZE: u32 = 256 << 20;
+
+/// Choices fixed when a repository is created.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Chunk sizes.
+    pub chunker: ChunkerParams,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+    /// Default zstd level for backups.
+    pub compression_level: i32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions { chunker: ChunkerParams::default(), pack_size: 16 << 20, compression_level: 3 }
+    }
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    config: Config,
+    keks: BTreeMap<u32, Key>,
+    current: (u32, Key),
+    hasher: ChunkHasher,
+    pub(crate) index: RwLock<Index>,
+    index_files: Mutex<Vec<Id>>,
+    index_errors: Vec<Error>,
+    dek_cache: RwLock<HashMap<u32, Key>>,
+    pub(crate) rng: SharedRng,
+}
+
+fn kek_aad(version: u32) -> Vec<u8> {
+    format!("strongroom kek v1 version {version}").into_bytes()
+}
+
+fn wrap_with_master(master: &MasterKey, key: &Key, aad: &[u8], rng: &mut SharedRng) -> WrappedKey {
+    WrappedKey {
+        wrappings: vec![Wrapping {
+            kind: "master".into(),
+            key_id: master.0.fingerprint(),
+            wrapped: base64::engine::general_purpose::STANDARD.encode(master.0.wrap(key, aad, rng)),
+        }],
+    }
+}
+
+fn unwrap_with_master(master: &MasterKey, w: &WrappedKey, aad: &[u8], object: &str) -> Result<Key> {
+    let fp = master.0.fingerprint();
+    let wrapping = w
+        .wrappings
+        .iter()
+        .find(|x| x.kind == "master" && x.key_id == fp)
+        .ok_or_else(|| Error::Key { object: format!("{object} (not wrapped by master key {fp})") })?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&wrapping.wrapped)
+        .map_err(|_| Error::corrupt(object, "bad base64 in wrapped key"))?;
+    master.0.unwrap_key(&raw, aad, object)
+}
+
+fn kek_name(version: u32) -> String {
+    format!("keys/kek-{version}")
+}
+
+/// The object name of a snapshot.
+pub fn snapshot_name(id: &Id) -> String {
+    format!("snapshots/{id}")
+}
+
+/// The object name of an index file.
+pub fn index_name(id: &Id) -> String {
+    format!("index/{id}")
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::corrupt(name, format!("bad JSON: {e}")))
+}
+
+impl Repository {
+    /// Creates a new repository in an empty backend.
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        master: &MasterKey,
+        opts: InitOptions,
+        now: OffsetDateTime,
+        mut rng: SharedRng,
+    ) -> Result<Repository> {
+        opts.chunker.validate().map_err(Error::Invalid)?;
+        if !(1 << 20..=MAX_PACK_SIZE).contains(&opts.pack_size) {
+            return Err(Error::Invalid(format!("pack size must be 1 MiB to 256 MiB, got {}", opts.pack_size)));
+        }
+        if !(1..=22).contains(&opts.compression_level) {
+            return Err(Error::Invalid("compression level must be 1 to 22".into()));
+        }
+        match backend.get(CONFIG) {
+            Ok(_) => return Err(Error::AlreadyExists("config: a repository already exists here".into())),
+            Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let chunk_key = Key::generate(&mut rng);
+        let config = Config {
+            version: 1,
+            id: Id::random(&mut rng),
+            created: now,
+            chunker: opts.chunker,
+            pack_size: opts.pack_size,
+            compression_level: opts.compression_level,
+            chunk_id_key: wrap_with_master(master, &chunk_key, CHUNK_KEY_AAD, &mut rng),
+        };
+        let kek = Key::generate(&mut rng);
+        let kek_file = KekFile { version: 1, created: now, key: wrap_with_master(master, &kek, &kek_aad(1), &mut rng) };
+        let to_json = |v: &dyn erased_json::Json| Bytes::from(v.json());
+        // The KEK first, the config last: a repository exists once its config does.
+        backend.put(&kek_name(1), to_json(&kek_file))?;
+        backend.sync()?;
+        backend.put(CONFIG, to_json(&config))?;
+        backend.sync()?;
+        Self::open(backend, master, rng)
+    }
+
+    /// Opens an existing repository. Index files that cannot be read are skipped and kept in
+    /// [`Repository::index_errors`] so `check` can report them; everything else still works.
+    pub fn open(backend: Arc<dyn Backend>, master: &MasterKey, rng: SharedRng) -> Result<Repository> {
+        let config_bytes = backend.get(CONFIG).map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound("config: no repository here (create one first)".into()),
+            other => other,
+        })?;
+        let config: Config = parse_json(CONFIG, &config_bytes)?;
+        if config.version != 1 {
+            return Err(Error::corrupt(CONFIG, format!("unsupported repository version {}", config.version)));
+        }
+        config.chunker.validate().map_err(|e| Error::corrupt(CONFIG, e))?;
+        let chunk_key = unwrap_with_master(master, &config.chunk_id_key, CHUNK_KEY_AAD, CONFIG)?;
+        let mut keks = BTreeMap::new();
+        for (name, _) in backend.list("keys")? {
+            let Some(v) = name.strip_prefix("keys/kek-").and_then(|v| v.parse::<u32>().ok()) else { continue };
+            let file: KekFile = parse_json(&name, &backend.get(&name)?)?;
+            if file.version != v {
+                return Err(Error::corrupt(&name, "version does not match the object name"));
+            }
+            keks.insert(v, unwrap_with_master(master, &file.key, &kek_aad(v), &name)?);
+        }
+        let current = keks.iter().next_back().map(|(v, k)| (*v, k.clone()));
+        let current = current.ok_or_else(|| Error::corrupt("keys/", "no key-encryption key found"))?;
+        let mut repo = Repository {
+            current,
+            backend,
+            hasher: ChunkHasher::new(&chunk_key),
+            config,
+            keks,
+            index: RwLock::new(Index::default()),
+            index_files: Mutex::new(Vec::new()),
+            index_errors: Vec::new(),
+            dek_cache: RwLock::new(HashMap::new()),
+            rng,
+        };
+        repo.load_index()?;
+        Ok(repo)
+    }
+
+    fn load_index(&mut self) -> Result<()> {
+        let mut index = Index::default();
+        let mut files = Vec::new();
+        let mut errors = Vec::new();
+        let mut superseded = std::collections::HashSet::new();
+        let mut parsed = Vec::new();
+        for (name, _) in self.backend.list("index")? {
+            let Some(id) = name.strip_prefix("index/").and_then(Id::from_hex) else { continue };
+            match self.read_sealed::<IndexFile>(ObjectKind::Index, &name) {
+                Ok(file) => {
+                    superseded.extend(file.supersedes.iter().copied());
+                    parsed.push((id, name, file));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        // Files superseded by a newer consolidated index (left behind by an interrupted
+        // prune or repair) are ignored: the newer file already covers what is still live.
+        for (id, name, file) in parsed {
+            if superseded.contains(&id) {
+                continue;
+            }
+            match index.add_file(&name, &file) {
+                Ok(()) => files.push(id),
+                Err(e) => errors.push(e),
+            }
+        }
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+        *self.index_files.lock().unwrap_or_else(|p| p.into_inner()) = files;
+        self.index_errors = errors;
+        Ok(())
+    }
+
+    /// Index files that could not be read when the repository was opened.
+    pub fn index_errors(&self) -> &[Error] {
+        &self.index_errors
+    }
+
+    /// Ids of the index files in use.
+    pub fn index_file_ids(&self) -> Vec<Id> {
+        self.index_files.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn note_index_file(&self, id: Id) {
+        self.index_files.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+    }
+
+    pub(crate) fn replace_index(&self, index: Index, files: Vec<Id>) {
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+        *self.index_files.lock().unwrap_or_else(|p| p.into_inner()) = files;
+        self.dek_cache.write().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The repository's settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The chunk hasher (the client half of a backup needs the same key).
+    pub fn hasher(&self) -> &ChunkHasher {
+        &self.hasher
+    }
+
+    /// The storage backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Read access to the index.
+    pub fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The newest KEK version and key, used for new packs and objects.
+    pub fn current_kek(&self) -> (u32, &Key) {
+        (self.current.0, &self.current.1)
+    }
+
+    /// The KEK of a version.
+    pub fn kek(&self, version: u32) -> Option<&Key> {
+        self.keks.get(&version)
+    }
+
+    /// KEK versions present.
+    pub fn kek_versions(&self) -> Vec<u32> {
+        self.keks.keys().copied().collect()
+    }
+
+    /// The data key of the pack at index position `pack`, unwrapped once and cached.
+    pub fn data_key(&self, pack: u32) -> Result<Key> {
+        if let Some(k) = self.dek_cache.read().unwrap_or_else(|p| p.into_inner()).get(&pack) {
+            return Ok(k.clone());
+        }
+        let meta = self.index().pack(pack).cloned().ok_or_else(|| Error::NotFound(format!("pack #{pack}")))?;
+        let name = pack::pack_name(&meta.id);
+        let kek = self
+            .kek(meta.kek_version)
+            .ok_or_else(|| Error::corrupt(&name, format!("unknown key version {}", meta.kek_version)))?;
+        let dek = kek.unwrap_key(&meta.wrapped, PACK_KEY_AAD, &name).map_err(|_| {
+            Error::corrupt(format!("{name} (index entry)"), "pack data key fails authentication")
+        })?;
+        self.dek_cache.write().unwrap_or_else(|p| p.into_inner()).insert(pack, dek.clone());
+        Ok(dek)
+    }
+
+    /// Decrypts, decompresses and verifies one blob from its ciphertext.
+    pub fn decode_blob(&self, id: &Id, loc: &BlobLoc, ciphertext: &[u8]) -> Result<Vec<u8>> {
+        let dek = self.data_key(loc.pack)?;
+        let pack_id = self.index().pack(loc.pack).map(|p| p.id).unwrap_or(Id([0; 32]));
+        let object = || format!("{} (blob {} at offset {})", pack::pack_name(&pack_id), id.short(), loc.offset);
+        let stored = pack::open_blob(&dek, loc.n, id, loc.kind, ciphertext)
+            .ok_or_else(|| Error::corrupt(object(), "blob fails authentication"))?;
+        let plain = if loc.compressed {
+            chunker::decompress(&stored, loc.raw_len as usize)
+                .ok_or_else(|| Error::corrupt(object(), "blob does not decompress to its recorded length"))?
+        } else {
+            stored
+        };
+        if plain.len() != loc.raw_len as usize || self.hasher.id(&plain) != *id {
+            return Err(Error::corrupt(object(), "blob contents do not match their id"));
+        }
+        Ok(plain)
+    }
+
+    /// Reads one blob by id, verified.
+    pub fn read_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let loc = self.index().get(id).ok_or_else(|| Error::NotFound(format!("chunk {id} (not in the index)")))?;
+        let pack_id = self.index().pack(loc.pack).map(|p| p.id).unwrap_or(Id([0; 32]));
+        let name = pack::pack_name(&pack_id);
+        let ct = self.backend.get_range(&name, u64::from(loc.offset)..u64::from(loc.offset) + u64::from(loc.len))?;
+        if ct.len() != loc.len as usize {
+            return Err(Error::corrupt(name, "pack is shorter than its index says"));
+        }
+        self.decode_blob(id, &loc, &ct)
+    }
+
+    /// Reads a directory listing, checking that names are safe to restore.
+    pub fn load_tree(&self, id: &Id) -> Result<Tree> {
+        let bytes = self.read_blob(id)?;
+        let tree: Tree = parse_json(&format!("tree {id}"), &bytes)?;
+        crate::tree::validate(&tree).map_err(|why| Error::corrupt(format!("tree {id}"), why))?;
+        Ok(tree)
+    }
+
+    pub(crate) fn read_sealed<T: serde::de::DeserializeOwned>(&self, kind: ObjectKind, name: &str) -> Result<T> {
+        let bytes = self.backend.get(name)?;
+        let plain = sealed::open(kind, name, &bytes, |v| self.kek(v))?;
+        parse_json(name, &plain)
+    }
+
+    pub(crate) fn write_sealed<T: serde::Serialize>(&self, kind: ObjectKind, name: &str, value: &T) -> Result<()> {
+        let json = serde_json::to_vec(value).map_err(|e| Error::Invalid(e.to_string()))?;
+        let (v, kek) = self.current_kek();
+        let mut rng = self.rng.clone();
+        let bytes = sealed::seal(kind, name, &json, kek, v, &mut rng);
+        self.backend.put(name, Bytes::from(bytes))
+    }
+
+    /// Writes an index file and returns its id (durable only after `backend().sync()`).
+    pub(crate) fn write_index_file(&self, file: &IndexFile) -> Result<Id> {
+        let id = Id::random(&mut self.rng.clone());
+        self.write_sealed(ObjectKind::Index, &index_name(&id), file)?;
+        Ok(id)
+    }
+
+    /// Ids of all snapshots.
+    pub fn snapshot_ids(&self) -> Result<Vec<Id>> {
+        Ok(self
+            .backend
+            .list("snapshots")?
+            .into_iter()
+            .filter_map(|(n, _)| n.strip_prefix("snapshots/").and_then(Id::from_hex))
+            .collect())
+    }
+
+    /// Reads one snapshot.
+    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        self.read_sealed(ObjectKind::Snapshot, &snapshot_name(id))
+    }
+
+    /// Finds a snapshot by id or unique id prefix (at least 4 hex digits), or `latest`.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        if spec == "latest" {
+            return self.snapshots()?.pop().ok_or_else(|| Error::NotFound("no snapshots yet".into()));
+        }
+        if spec.len() < 4 {
+            return Err(Error::Invalid("give at least 4 hex digits of a snapshot id".into()));
+        }
+        let matches: Vec<Id> = self.snapshot_ids()?.into_iter().filter(|id| id.to_hex().starts_with(spec)).collect();
+        match matches.as_slice() {
+            [id] => Ok((*id, self.load_snapshot(id)?)),
+            [] => Err(Error::NotFound(format!("snapshot {spec}"))),
+            _ => Err(Error::Invalid(format!("snapshot prefix {spec} is ambiguous"))),
+        }
+    }
+
+    /// All snapshots, oldest first. Fails on the first unreadable one, naming it.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Snapshot)>> {
+        let mut out = self
+            .snapshot_ids()?
+            .into_iter()
+            .map(|id| self.load_snapshot(&id).map(|s| (id, s)))
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Stores a snapshot durably. Call only after everything it references is durable (the
+    /// [`crate::Writer`] does this for you in `commit`).
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<Id> {
+        let id = Id::random(&mut self.rng.clone());
+        self.write_sealed(ObjectKind::Snapshot, &snapshot_name(&id), snapshot)?;
+        self.backend.sync()?;
+        Ok(id)
+    }
+
+    /// Removes a snapshot (its data stays until `prune`).
+    pub fn delete_snapshot(&self, id: &Id) -> Result<()> {
+        self.backend.delete(&snapshot_name(id))?;
+        self.backend.sync()
+    }
+
+    /// Starts a write session (the server half of a backup).
+    pub fn writer(&self) -> crate::writer::Writer<'_> {
+        crate::writer::Writer::new(self)
+    }
+
+    /// Walks a snapshot's trees depth-first, calling `f(path, node)` for every node.
+    pub fn walk(&self, tree: &Id, f: &mut dyn FnMut(&[u8], &crate::model::Node) -> Result<()>) -> Result<()> {
+        self.walk_inner(tree, &mut Vec::new(), f)
+    }
+
+    fn walk_inner(
+        &self,
+        tree: &Id,
+        prefix: &mut Vec<u8>,
+        f: &mut dyn FnMut(&[u8], &crate::model::Node) -> Result<()>,
+    ) -> Result<()> {
+        let t = self.load_tree(tree)?;
+        for node in &t.nodes {
+            let len = prefix.len();
+            if !prefix.is_empty() {
+                prefix.push(b'/');
+            }
+            prefix.extend_from_slice(&node.name.0);
+            f(prefix, node)?;
+            if let Some(sub) = &node.subtree {
+                self.walk_inner(sub, prefix, f)?;
+            }
+            prefix.truncate(len);
+        }
+        Ok(())
+    }
+}
+
+/// Lets `init` serialise its two different documents with one closure.
+mod erased_json {
+    pub(super) trait Json {
+        fn json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> Vec<u8> {
+            serde_json::to_vec_pretty(self).unwrap_or_default()
+        }
+    }
+}
