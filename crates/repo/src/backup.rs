@@ -412,7 +412,8 @@ impl<'a> Archiver<'a> {
                 }
                 return Ok(());
             }
-            content.push(Content::Zero { zero: 0 });
+            // A placeholder until the batch is hashed; a chunk, so zero runs never merge into it.
+            content.push(Content::Chunk { id: Id([0; 32]), len: 0 });
             batch_bytes += data.len();
             batch.push((content.len() - 1, data));
             if batch_bytes >= BATCH_BYTES {
