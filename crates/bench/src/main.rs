@@ -25,6 +25,18 @@ struct Cli {
 enum Cmd {
     /// Full backup, 1 % change, incremental backup, restore, check; times, sizes, peak memory.
     Engine(engine::EngineArgs),
+    /// The engine steps on a scratch copy of a small directory (default /usr/share/doc): a first look.
+    Demo {
+        /// Directory to copy and back up.
+        #[arg(long, default_value = "/usr/share/doc")]
+        from: PathBuf,
+        /// Scratch directory (wiped if an earlier benchmark made it).
+        #[arg(long, default_value = "/tmp/strongroom-demo")]
+        work: PathBuf,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench-results/demo.json")]
+        out: PathBuf,
+    },
     /// The engine steps and the same steps with restic, borg (and rustic if installed), with ratios.
     Compare(peers::CompareArgs),
     /// Per-core speed of the building blocks (BLAKE3, zstd levels, AES-256-GCM, XChaCha20-Poly1305).
@@ -41,6 +53,28 @@ fn main() -> anyhow::Result<()> {
             let result = engine::run(&args)?;
             sys::write_json(&args.out, &result)?;
             println!("wrote {}", args.out.display());
+        }
+        Cmd::Demo { from, work, out } => {
+            sys::fresh_dir(&work)?;
+            let data = work.join("data");
+            let st = std::process::Command::new("cp").arg("-a").arg(&from).arg(&data).status()?;
+            anyhow::ensure!(st.success(), "copying {} failed", from.display());
+            let args = engine::EngineArgs {
+                data,
+                repo: work.join("repo"),
+                restore_to: work.join("restore"),
+                out: out.clone(),
+                compression: 3,
+                avg_chunk_kib: 1024,
+                fixed_chunk_kib: 4096,
+                pack_mib: 16,
+                change_script: None,
+                no_verify: false,
+            };
+            let result = engine::run(&args)?;
+            anyhow::ensure!(result.restore_identical == Some(true), "the restored tree differs from the data");
+            sys::write_json(&out, &result)?;
+            println!("restored tree is byte-identical; wrote {}", out.display());
         }
         Cmd::Compare(args) => peers::compare(&args)?,
         Cmd::Primitives { out } => {

@@ -424,8 +424,20 @@ impl<'a> Archiver<'a> {
         };
         let read = if e.fixed {
             chunker::for_each_fixed_chunk(file, self.opts.chunker.fixed as usize, &mut on_chunk)
+        } else if e.node.size < u64::from(self.opts.chunker.min) {
+            // Most files are smaller than the minimum chunk: one read, one chunk, no chunker
+            // (whose buffer of `max` bytes would cost more than the file). A file that grew
+            // since the walk is still read whole, as one chunk.
+            let mut buf = Vec::with_capacity(e.node.size as usize + 1);
+            match std::io::Read::read_to_end(&mut { file }, &mut buf) {
+                Ok(_) if buf.len() <= self.opts.chunker.max as usize => {
+                    if buf.is_empty() { Ok(()) } else { on_chunk(buf).map_err(ChunkReadError::Engine) }
+                }
+                Ok(_) => chunker::for_each_cdc_chunk(&buf[..], &self.opts.chunker, &mut on_chunk),
+                Err(err) => Err(ChunkReadError::Io(err)),
+            }
         } else {
-            chunker::for_each_cdc_chunk(std::io::BufReader::with_capacity(1 << 20, file), &self.opts.chunker, &mut on_chunk)
+            chunker::for_each_cdc_chunk(file, &self.opts.chunker, &mut on_chunk)
         };
         match read {
             Ok(()) => {}

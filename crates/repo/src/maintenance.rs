@@ -171,17 +171,32 @@ pub fn used_blobs(repo: &Repository) -> Result<HashSet<Id>> {
 
 /// Removes unreferenced data. See the module documentation for the crash-safe order.
 pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    // Packs the index does not know are deleted as orphans, so the index must be complete:
+    // an unreadable or lost index file would turn packs of live data into "orphans".
+    if let Some(e) = repo.index_errors().first() {
+        return Err(Error::Invalid(format!("refusing to prune: an index file is unreadable ({e}); run `repair index` first")));
+    }
     let used = used_blobs(repo)?;
+    {
+        let index = repo.index();
+        let unindexed = used.iter().filter(|id| !index.contains(id)).count();
+        if unindexed > 0 {
+            return Err(Error::Invalid(format!(
+                "refusing to prune: {unindexed} chunks used by snapshots are not in the index; run `repair index` first"
+            )));
+        }
+    }
     let mut report = PruneReport { blobs_used: used.len(), ..Default::default() };
     let (mut keep, mut delete, mut repack) = (Vec::new(), Vec::new(), Vec::new());
     {
         let index = repo.index();
         let mut used_bytes: HashMap<u32, u64> = HashMap::new();
+        let mut unused_blobs: HashMap<u32, usize> = HashMap::new();
         for (id, loc) in index.blobs() {
             if used.contains(id) {
                 *used_bytes.entry(loc.pack).or_default() += u64::from(loc.len);
             } else {
-                report.blobs_removed += 1;
+                *unused_blobs.entry(loc.pack).or_default() += 1;
             }
         }
         for (pos, meta) in index.packs().iter().enumerate() {
@@ -196,6 +211,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
                 keep.push(pos);
             }
         }
+        // Unused blobs in kept packs stay; only those in deleted or rewritten packs go.
+        report.blobs_removed = delete.iter().chain(&repack).filter_map(|p| unused_blobs.get(p)).sum();
     }
     let indexed: HashSet<Id> = repo.index().packs().iter().map(|p| p.id).collect();
     let orphans: Vec<(String, u64)> = repo
@@ -233,7 +250,15 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     report.bytes_freed -= new_packs.iter().map(|p| p.size as i64).sum::<i64>();
 
     // 2. One index covering kept and new packs, superseding every current index file.
-    let mut file = IndexFile { packs: Vec::new(), supersedes: repo.index_file_ids() };
+    // Every index file in storage, not only those loaded: files that an index left by an
+    // interrupted prune supersedes must not come back to life once that index is replaced.
+    let all_index_files: Vec<Id> = repo
+        .backend()
+        .list("index")?
+        .into_iter()
+        .filter_map(|(n, _)| n.strip_prefix("index/").and_then(Id::from_hex))
+        .collect();
+    let mut file = IndexFile { packs: Vec::new(), supersedes: all_index_files };
     {
         let index = repo.index();
         for pos in &keep {

@@ -138,8 +138,13 @@ fn read_full(f: &mut File, buf: &mut [u8], p: &Path) -> usize {
 }
 
 /// Copies a tree with `cp -a` (contents, modes, times, symlinks, hard links), so a test can
-/// keep the state it backed up while it changes the original.
+/// keep the state it backed up while it changes the original. `to` must not exist; its parent
+/// is created if missing.
 pub fn copy_tree(from: &Path, to: &Path) {
+    assert!(std::fs::symlink_metadata(to).is_err(), "copy_tree: {} already exists", to.display());
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{}: {e}", parent.display()));
+    }
     let status = std::process::Command::new("cp")
         .arg("-a")
         .arg("--")
