@@ -447,6 +447,7 @@ fn backup_interrupted_at_any_put_leaves_a_whole_repository() {
     // Pack counts can vary a little with thread timing: go on until a run completes unharmed.
     let mut n = 0;
     let mut completed_once = false;
+    let mut interrupted = 0;
     while n <= needed || !completed_once {
         assert!(n < 100, "the backup never completed");
         for crash in [false, true] {
@@ -476,6 +477,7 @@ fn backup_interrupted_at_any_put_leaves_a_whole_repository() {
                     Some(id)
                 }
                 Err(e) => {
+                    interrupted += 1;
                     assert!(
                         f.faults() > 0,
                         "{mode} at put {n}: backup failed without a fault: {e}"
@@ -506,6 +508,12 @@ fn backup_interrupted_at_any_put_leaves_a_whole_repository() {
         }
         n += 1;
     }
+    eprintln!("second backup: {needed} puts, {interrupted} interrupted runs checked");
+    // Every put before the last one was a crash point.
+    assert!(
+        interrupted >= 2 * (needed - 1),
+        "only {interrupted} runs were interrupted"
+    );
 }
 
 /// A tree for the maintenance tests: shared data, plus `unique.bin` whose contents depend on
@@ -532,29 +540,64 @@ fn write_version(src: &Path, version: u64, mtime: i64) {
     set_mtime(src, mtime, 0);
 }
 
+/// Three backups of `src` (a version per day), then `forget --keep-last 1`: prune has the
+/// first two versions' unique data to remove. Returns the store and the kept snapshot.
+fn three_versions_last_kept(src: &Path) -> (Arc<MemBackend>, Id) {
+    let mem = Arc::new(MemBackend::new());
+    let repo = init(mem.clone(), small_opts());
+    let mut parent = None;
+    for v in 0..3 {
+        write_version(src, v, DAY0 + v as i64 * DAY);
+        parent = Some(backup(&repo, src, parent, DAY0 + v as i64 * DAY).0);
+    }
+    let policy = Retention {
+        keep_last: 1,
+        ..Default::default()
+    };
+    forget(&repo, &policy, false).unwrap();
+    (mem, parent.unwrap())
+}
+
+#[test]
+fn prune_after_an_interrupted_prune_keeps_superseded_index_files_dead() {
+    let tmp = tempdir();
+    let src = tmp.path().join("data");
+    let (mem, last) = three_versions_last_kept(&src);
+    let old_index = mem.names_under("index");
+    // The power cut that leaves the new index durable and the files it supersedes in place.
+    let crashed = (0..100)
+        .map(|n| {
+            let m = Arc::new(mem.fork());
+            let _ = prune(
+                &open(Arc::new(FaultBackend::crash_after_writes(m.clone(), n))),
+                &PruneOptions::default(),
+            );
+            m.crash()
+        })
+        .find(|s| {
+            let now = s.names_under("index");
+            now.len() > old_index.len() && old_index.iter().all(|o| now.contains(o))
+        })
+        .expect("no crash point between writing prune's index and deleting the old ones");
+    let crashed = Arc::new(crashed);
+    prune(&open(crashed.clone()), &PruneOptions::default()).unwrap();
+    // The superseded files must be gone with the index that superseded them; were they
+    // left, the next session would load them and point at packs prune has deleted.
+    let left = crashed.names_under("index");
+    assert!(
+        old_index.iter().all(|o| !left.contains(o)),
+        "superseded index files survived: {left:?}"
+    );
+    let repo = open(crashed.clone());
+    assert_spotless(&repo, "second prune after an interrupted one");
+    assert_restores_to(&repo, &last, &src);
+}
+
 #[test]
 fn prune_interrupted_at_any_write_loses_nothing_and_a_rerun_finishes() {
     let tmp = tempdir();
     let src = tmp.path().join("data");
-    let mem = Arc::new(MemBackend::new());
-    let last = {
-        let repo = init(mem.clone(), small_opts());
-        let mut parent = None;
-        for v in 0..3 {
-            write_version(&src, v, DAY0 + v as i64 * DAY);
-            parent = Some(backup(&repo, &src, parent, DAY0 + v as i64 * DAY).0);
-        }
-        forget(
-            &repo,
-            &Retention {
-                keep_last: 1,
-                ..Default::default()
-            },
-            false,
-        )
-        .unwrap();
-        parent.unwrap()
-    };
+    let (mem, last) = three_versions_last_kept(&src);
     let before = stored_bytes(&*mem);
     let needed = {
         let f = Arc::new(FaultBackend::new(Arc::new(mem.fork())));
@@ -565,12 +608,14 @@ fn prune_interrupted_at_any_write_loses_nothing_and_a_rerun_finishes() {
 
     let mut n = 0;
     let mut completed_once = false;
+    let mut interrupted = 0;
     while n <= needed || !completed_once {
         assert!(n < 200, "prune never completed");
         let m = Arc::new(mem.fork());
         let f = Arc::new(FaultBackend::crash_after_writes(m.clone(), n));
         let result = prune(&open(f.clone()), &PruneOptions::default());
         completed_once |= result.is_ok() && f.faults() == 0;
+        interrupted += usize::from(result.is_err());
         let states = [
             ("power cut", m.crash()),
             ("process crash", m.fork()),
@@ -603,6 +648,11 @@ fn prune_interrupted_at_any_write_loses_nothing_and_a_rerun_finishes() {
         }
         n += 1;
     }
+    eprintln!("prune: {needed} writes, {interrupted} interrupted runs checked");
+    assert!(
+        interrupted >= needed - 1,
+        "only {interrupted} prunes were interrupted of {needed} writes"
+    );
 }
 
 #[test]
@@ -775,6 +825,30 @@ fn bit_flip_in_a_pack_is_reported_by_check_and_restore_refuses_the_damaged_file(
             // The blobs themselves are intact and authenticated: restore still works.
             assert_restores_to(&repo, &d.snaps[1], &d.states[1]);
         }
+    }
+}
+
+#[test]
+fn lost_pack_is_reported_by_name_and_restore_fails_without_wrong_bytes() {
+    let d = two_snapshots();
+    let mem = Arc::new(d.mem.fork());
+    let pack = {
+        let repo = open(mem.clone());
+        let snap = repo.load_snapshot(&d.snaps[0]).unwrap();
+        let chunk = chunks_of(&repo, &snap, "data/victim.bin")[0];
+        let index = repo.index();
+        pack_name(&index.pack(index.get(&chunk).unwrap().pack).unwrap().id)
+    };
+    mem.remove(&pack);
+    let repo = open(mem.clone());
+    let report = check(&repo, false).unwrap();
+    assert_reports(&report, &pack);
+    for (s, state) in d.snaps.iter().zip(&d.states) {
+        let t = tempdir();
+        let err =
+            try_restore(&repo, s, t.path()).expect_err("restore needing a lost pack must fail");
+        assert!(err.to_string().contains(&pack), "{err}");
+        assert_no_wrong_bytes(&state.join("victim.bin"), &t.path().join("data/victim.bin"));
     }
 }
 
@@ -1101,9 +1175,10 @@ fn forget_keeps_last_and_daily_then_prune_shrinks_and_keeps_the_rest() {
         (
             again.blobs_removed,
             again.packs_deleted,
+            again.packs_repacked,
             again.orphans_deleted
         ),
-        (0, 0, 0),
+        (0, 0, 0, 0),
         "{again:?}"
     );
 }
