@@ -103,7 +103,12 @@ pub(crate) fn change(data: &Path, script: Option<&Path>, action: &str) -> anyhow
         None => sys::find_shared_script("BENCH_CHANGE_SCRIPT", "change-dataset.sh")
             .context("change-dataset.sh not found: pass --change-script or set BENCH_CHANGE_SCRIPT")?,
     };
-    let st = std::process::Command::new("bash").arg(&script).arg(action).arg(data).stdout(std::process::Stdio::null()).status()?;
+    let st = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(action)
+        .arg(data)
+        .stdout(std::process::Stdio::null())
+        .status()?;
     if !st.success() {
         bail!("{} {action} failed", script.display());
     }
@@ -142,13 +147,38 @@ pub(crate) fn run(a: &EngineArgs) -> anyhow::Result<EngineResult> {
 
     println!("engine: data {} ({:.2} GB)", data.display(), data_bytes as f64 / 1e9);
     let progress = Progress::default();
-    let ((id1, snap1, _), backup1) =
-        timed(data_bytes, || Ok(backup_local(&repo, &[data.clone()], None, "bench", time::OffsetDateTime::now_utc(), &progress)?))?;
+    let start = Instant::now();
+    let finished = std::sync::atomic::AtomicBool::new(false);
+    let ((id1, snap1, _), backup1) = std::thread::scope(|s| {
+        s.spawn(|| {
+            use std::sync::atomic::Ordering::Relaxed;
+            while !progress.walk_done.load(Relaxed) && !finished.load(Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            println!("  (walk finished after {:.2} s)", start.elapsed().as_secs_f64());
+        });
+        let r = timed(data_bytes, || {
+            Ok(backup_local(
+                &repo,
+                std::slice::from_ref(&data),
+                None,
+                "bench",
+                time::OffsetDateTime::now_utc(),
+                &progress,
+            )?)
+        });
+        finished.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    })?;
     sync_fs();
     let repo_bytes = sys::du(&store_dir);
     println!(
         "  full backup    {:7.2} s  {:6.0} MB/s  cpu {:6.2} s  rss {:5} MB  stored {:.0} MB",
-        backup1.seconds, backup1.mb_per_s, backup1.cpu_seconds, backup1.peak_rss_bytes >> 20, repo_bytes as f64 / 1e6
+        backup1.seconds,
+        backup1.mb_per_s,
+        backup1.cpu_seconds,
+        backup1.peak_rss_bytes >> 20,
+        repo_bytes as f64 / 1e6
     );
 
     if has_image || a.change_script.is_some() {
@@ -159,7 +189,14 @@ pub(crate) fn run(a: &EngineArgs) -> anyhow::Result<EngineResult> {
     let outcome = (|| -> anyhow::Result<EngineResult> {
         let progress = Progress::default();
         let ((_, snap2, _), backup2) = timed(data_bytes, || {
-            Ok(backup_local(&repo, &[data.clone()], Some(id1), "bench", time::OffsetDateTime::now_utc(), &progress)?)
+            Ok(backup_local(
+                &repo,
+                std::slice::from_ref(&data),
+                Some(id1),
+                "bench",
+                time::OffsetDateTime::now_utc(),
+                &progress,
+            )?)
         })?;
         sync_fs();
         let repo_bytes_after_change = sys::du(&store_dir);
@@ -181,7 +218,10 @@ pub(crate) fn run(a: &EngineArgs) -> anyhow::Result<EngineResult> {
         })?;
         println!(
             "  restore        {:7.2} s  {:6.0} MB/s  cpu {:6.2} s  rss {:5} MB",
-            restore_step.seconds, restore_step.mb_per_s, restore_step.cpu_seconds, restore_step.peak_rss_bytes >> 20
+            restore_step.seconds,
+            restore_step.mb_per_s,
+            restore_step.cpu_seconds,
+            restore_step.peak_rss_bytes >> 20
         );
         let restored = a.restore_to.join(data.file_name().unwrap_or_default());
         let identical = if a.no_verify { None } else { Some(same_tree(&data, &restored)) };
@@ -196,7 +236,10 @@ pub(crate) fn run(a: &EngineArgs) -> anyhow::Result<EngineResult> {
         if !r.ok() {
             bail!("check --read-data found errors: {:?}", r.errors);
         }
-        println!("  check {:.2} s, check --read-data {:.2} s ({} blobs)", check.seconds, check_read_data.seconds, r.blobs_verified);
+        println!(
+            "  check {:.2} s, check --read-data {:.2} s ({} blobs)",
+            check.seconds, check_read_data.seconds, r.blobs_verified
+        );
         Ok(EngineResult {
             data: data.display().to_string(),
             data_bytes,

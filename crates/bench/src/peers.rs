@@ -77,7 +77,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn installed(tool: &str) -> bool {
-    std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().map(|o| o.status.success()).unwrap_or(false)
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 fn run_peer(script: &PathBuf, tool: &str, run: u32, a: &CompareArgs) -> anyhow::Result<PeerRun> {
@@ -90,7 +95,10 @@ fn run_peer(script: &PathBuf, tool: &str, run: u32, a: &CompareArgs) -> anyhow::
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.starts_with(&format!("{tool} run"))).with_context(|| format!("{tool}: no result line in {text:?}"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{tool} run")))
+        .with_context(|| format!("{tool}: no result line in {text:?}"))?;
     println!("  {line}");
     let field = |key: &str| -> Option<&str> {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -116,7 +124,8 @@ fn run_peer(script: &PathBuf, tool: &str, run: u32, a: &CompareArgs) -> anyhow::
 
 /// Runs the comparison and writes the results.
 pub(crate) fn compare(a: &CompareArgs) -> anyhow::Result<()> {
-    let script = sys::find_shared_script("BENCH_PEERS_SCRIPT", "peers.sh").context("peers.sh not found: set BENCH_PEERS_SCRIPT")?;
+    let script = sys::find_shared_script("BENCH_PEERS_SCRIPT", "peers.sh")
+        .context("peers.sh not found: set BENCH_PEERS_SCRIPT")?;
     if !a.data.join("vm-disk.raw").exists() {
         bail!("{} is not the benchmark data set (run ../shared/bench/make-dataset.sh)", a.data.display());
     }
@@ -205,12 +214,23 @@ pub(crate) fn compare(a: &CompareArgs) -> anyhow::Result<()> {
     println!("\n| vs | full backup speed-up | incremental speed-up | restore speed-up | repository size ratio |");
     println!("|---|---|---|---|---|");
     for r in &ratios {
-        println!("| {} | {:.2}× | {:.2}× | {:.2}× | {:.2} |", r.peer, r.backup1_speedup, r.backup2_speedup, r.restore_speedup, r.repo_size_ratio);
+        println!(
+            "| {} | {:.2}× | {:.2}× | {:.2}× | {:.2} |",
+            r.peer, r.backup1_speedup, r.backup2_speedup, r.restore_speedup, r.repo_size_ratio
+        );
     }
     let machine = format!(
         "{} cores, {}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default()
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                .split(':')
+                .nth(1)
+                .unwrap_or("")
+                .trim()
+                .to_string()))
+            .unwrap_or_default()
     );
     let data_bytes = engine_runs.first().map(|r| r.data_bytes).unwrap_or(0);
     sys::write_json(&a.out, &CompareResult { machine, data_bytes, engine_runs, peer_runs, medians, ratios })?;

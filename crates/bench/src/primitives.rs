@@ -47,19 +47,45 @@ pub(crate) fn run() -> Vec<Figure> {
     let data = sample();
     let mut out = Vec::new();
     let key = [7u8; 32];
-    out.push(Figure { name: "blake3 keyed".into(), mb_per_s: time("blake3 keyed", data.len(), &mut || { std::hint::black_box(blake3::keyed_hash(&key, &data)); }), ratio: None });
+    out.push(Figure {
+        name: "blake3 keyed".into(),
+        mb_per_s: time("blake3 keyed", data.len(), &mut || {
+            std::hint::black_box(blake3::keyed_hash(&key, &data));
+        }),
+        ratio: None,
+    });
     for level in [1, 3, 6] {
         let z = zstd::bulk::compress(&data, level).unwrap_or_default();
         let name = format!("zstd level {level} compress");
-        let mbs = time(&name, data.len(), &mut || { std::hint::black_box(zstd::bulk::compress(&data, level).ok()); });
+        let mbs = time(&name, data.len(), &mut || {
+            std::hint::black_box(zstd::bulk::compress(&data, level).ok());
+        });
         out.push(Figure { name, mb_per_s: mbs, ratio: Some(z.len() as f64 / data.len() as f64) });
     }
     let z = zstd::bulk::compress(&data, 3).unwrap_or_default();
-    out.push(Figure { name: "zstd decompress".into(), mb_per_s: time("zstd decompress", data.len(), &mut || { std::hint::black_box(zstd::bulk::decompress(&z, data.len()).ok()); }), ratio: None });
+    out.push(Figure {
+        name: "zstd decompress".into(),
+        mb_per_s: time("zstd decompress", data.len(), &mut || {
+            std::hint::black_box(zstd::bulk::decompress(&z, data.len()).ok());
+        }),
+        ratio: None,
+    });
     let aes = aes_gcm::Aes256Gcm::new((&key).into());
     let mut buf = data.clone();
-    out.push(Figure { name: "aes-256-gcm seal".into(), mb_per_s: time("aes-256-gcm seal", data.len(), &mut || { std::hint::black_box(aes.encrypt_in_place_detached((&[0u8; 12]).into(), b"", &mut buf).ok()); }), ratio: None });
+    out.push(Figure {
+        name: "aes-256-gcm seal".into(),
+        mb_per_s: time("aes-256-gcm seal", data.len(), &mut || {
+            std::hint::black_box(aes.encrypt_in_place_detached((&[0u8; 12]).into(), b"", &mut buf).ok());
+        }),
+        ratio: None,
+    });
     let xc = chacha20poly1305::XChaCha20Poly1305::new((&key).into());
-    out.push(Figure { name: "xchacha20-poly1305 seal".into(), mb_per_s: time("xchacha20-poly1305 seal", data.len(), &mut || { std::hint::black_box(xc.encrypt_in_place_detached((&[0u8; 24]).into(), b"", &mut buf).ok()); }), ratio: None });
+    out.push(Figure {
+        name: "xchacha20-poly1305 seal".into(),
+        mb_per_s: time("xchacha20-poly1305 seal", data.len(), &mut || {
+            std::hint::black_box(xc.encrypt_in_place_detached((&[0u8; 24]).into(), b"", &mut buf).ok());
+        }),
+        ratio: None,
+    });
     out
 }

@@ -66,7 +66,10 @@ pub(crate) fn find_shared_script(var: &str, name: &str) -> Option<PathBuf> {
     if let Ok(exe) = std::env::current_exe() {
         bases.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
     }
-    bases.into_iter().flat_map(|b| [b.join("../shared/bench").join(name), b.join("shared/bench").join(name)]).find(|p| p.is_file())
+    bases
+        .into_iter()
+        .flat_map(|b| [b.join("../shared/bench").join(name), b.join("shared/bench").join(name)])
+        .find(|p| p.is_file())
 }
 
 /// Prepares an output directory the benchmark may wipe: absent, empty, or made by an earlier

@@ -134,17 +134,13 @@ fn map_err(name: &str, e: object_store::Error) -> Error {
 impl Backend for ObjectStoreBackend {
     fn put(&self, name: &str, data: Bytes) -> Result<()> {
         let path = ObjPath::from(name);
-        self.runtime
-            .block_on(self.store.put(&path, PutPayload::from_bytes(data)))
-            .map_err(|e| map_err(name, e))?;
+        self.runtime.block_on(self.store.put(&path, PutPayload::from_bytes(data))).map_err(|e| map_err(name, e))?;
         self.fsync_local(name)
     }
 
     fn get(&self, name: &str) -> Result<Bytes> {
         let path = ObjPath::from(name);
-        self.runtime
-            .block_on(async { self.store.get(&path).await?.bytes().await })
-            .map_err(|e| map_err(name, e))
+        self.runtime.block_on(async { self.store.get(&path).await?.bytes().await }).map_err(|e| map_err(name, e))
     }
 
     fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes> {
@@ -156,11 +152,7 @@ impl Backend for ObjectStoreBackend {
         let path = ObjPath::from(prefix);
         self.runtime
             .block_on(async {
-                self.store
-                    .list(Some(&path))
-                    .map_ok(|m| (m.location.to_string(), m.size))
-                    .try_collect::<Vec<_>>()
-                    .await
+                self.store.list(Some(&path)).map_ok(|m| (m.location.to_string(), m.size)).try_collect::<Vec<_>>().await
             })
             .map_err(|e| map_err(prefix, e))
     }

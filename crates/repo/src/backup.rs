@@ -237,7 +237,8 @@ impl<'a> Archiver<'a> {
             }
         }
         for &i in &reused {
-            let lost = entries[i].node.content.iter().any(|c| matches!(c, Content::Chunk { id, .. } if gone.contains(id)));
+            let lost =
+                entries[i].node.content.iter().any(|c| matches!(c, Content::Chunk { id, .. } if gone.contains(id)));
             if lost {
                 entries[i].node.content.clear();
                 jobs.push(i);
@@ -247,10 +248,8 @@ impl<'a> Archiver<'a> {
             }
         }
 
-        let results: Vec<(usize, FileRead)> = jobs
-            .par_iter()
-            .map(|&i| self.read_file(&entries[i], sink).map(|r| (i, r)))
-            .collect::<Result<_>>()?;
+        let results: Vec<(usize, FileRead)> =
+            jobs.par_iter().map(|&i| self.read_file(&entries[i], sink).map(|r| (i, r))).collect::<Result<_>>()?;
         let mut files_read = 0;
         let mut bytes_read = 0;
         for (i, r) in results {
@@ -278,7 +277,8 @@ impl<'a> Archiver<'a> {
                 .collect();
             entries[i].node.subtree = Some(self.store_tree(Tree { nodes }, sink)?);
         }
-        let root_nodes: Vec<Node> = roots.iter().filter(|&&r| !entries[r].skipped).map(|&r| entries[r].node.clone()).collect();
+        let root_nodes: Vec<Node> =
+            roots.iter().filter(|&&r| !entries[r].skipped).map(|&r| entries[r].node.clone()).collect();
         if root_nodes.is_empty() {
             return Err(Error::Invalid("nothing could be read from the given paths".into()));
         }
@@ -342,7 +342,8 @@ impl<'a> Archiver<'a> {
                 }
                 hardlinks.insert((meta.dev(), meta.ino()), rel.clone());
             }
-            let sparse = meta.blocks().saturating_mul(512) < meta.len() && meta.len() >= u64::from(self.opts.chunker.fixed);
+            let sparse =
+                meta.blocks().saturating_mul(512) < meta.len() && meta.len() >= u64::from(self.opts.chunker.fixed);
             let image = is_image_path(&abs);
             fixed = sparse || (image && meta.len() >= u64::from(self.opts.chunker.fixed));
             self.progress.files_total.fetch_add(1, Ordering::Relaxed);
@@ -431,7 +432,11 @@ impl<'a> Archiver<'a> {
             let mut buf = Vec::with_capacity(e.node.size as usize + 1);
             match std::io::Read::read_to_end(&mut { file }, &mut buf) {
                 Ok(_) if buf.len() <= self.opts.chunker.max as usize => {
-                    if buf.is_empty() { Ok(()) } else { on_chunk(buf).map_err(ChunkReadError::Engine) }
+                    if buf.is_empty() {
+                        Ok(())
+                    } else {
+                        on_chunk(buf).map_err(ChunkReadError::Engine)
+                    }
                 }
                 Ok(_) => chunker::for_each_cdc_chunk(&buf[..], &self.opts.chunker, &mut on_chunk),
                 Err(err) => Err(ChunkReadError::Io(err)),
@@ -540,5 +545,7 @@ pub fn backup_local(
 
 /// True if `path` looks like a disk image by its extension.
 pub fn is_image_path(path: &Path) -> bool {
-    path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }

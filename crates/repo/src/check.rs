@@ -59,7 +59,7 @@ fn finding(e: &Error) -> Finding {
 /// Checks the repository. With `read_data`, downloads every pack and verifies every blob.
 pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
     let mut report = CheckReport::default();
-    for e in repo.index_errors() {
+    for e in repo.index_errors().iter() {
         report.errors.push(finding(e));
     }
 
@@ -76,7 +76,10 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
     let indexed: HashSet<Id> = index_packs.iter().map(|(_, p)| p.id).collect();
     for (_, p) in &index_packs {
         match stored.get(&p.id) {
-            None => report.errors.push(Finding { object: pack_name(&p.id), message: "pack is in the index but missing from storage".into() }),
+            None => report.errors.push(Finding {
+                object: pack_name(&p.id),
+                message: "pack is in the index but missing from storage".into(),
+            }),
             Some(&size) if size != p.size => report.errors.push(Finding {
                 object: pack_name(&p.id),
                 message: format!("pack is {size} bytes, the index says {}", p.size),
@@ -85,7 +88,12 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
         }
     }
     for id in stored.keys().filter(|id| !indexed.contains(id)) {
-        report.warnings.push(Finding { object: pack_name(id), message: "pack is not in the index (left by an interrupted backup; `prune` removes it, `repair index` adopts it)".into() });
+        report.warnings.push(Finding {
+            object: pack_name(id),
+            message:
+                "pack is not in the index (left by an interrupted backup; `prune` removes it, `repair index` adopts it)"
+                    .into(),
+        });
     }
 
     // Snapshots and trees: everything referenced must be indexed and readable.
@@ -128,7 +136,11 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
                         match index.get(cid) {
                             None => report.errors.push(Finding {
                                 object: format!("chunk {cid}"),
-                                message: format!("missing; needed by {:?} in snapshot {}", node.name.display(), id.short()),
+                                message: format!(
+                                    "missing; needed by {:?} in snapshot {}",
+                                    node.name.display(),
+                                    id.short()
+                                ),
                             }),
                             Some(loc) if loc.raw_len != *len => report.errors.push(Finding {
                                 object: format!("chunk {cid}"),
@@ -166,7 +178,10 @@ fn verify_pack(repo: &Repository, pos: u32, meta: &crate::index::PackMeta) -> (u
         Err(e) => return (0, vec![finding(&e)]),
     };
     if Id::hash_of(&bytes) != meta.id {
-        findings.push(Finding { object: name.clone(), message: "pack contents do not match its name (bit rot or tampering)".into() });
+        findings.push(Finding {
+            object: name.clone(),
+            message: "pack contents do not match its name (bit rot or tampering)".into(),
+        });
     }
     // The header must agree with the index.
     if let Err(e) = parse_pack(repo, &name, &bytes) {
@@ -178,7 +193,10 @@ fn verify_pack(repo: &Repository, pos: u32, meta: &crate::index::PackMeta) -> (u
     for (id, loc) in blobs {
         let s = loc.offset as usize;
         let Some(ct) = bytes.get(s..s + loc.len as usize) else {
-            findings.push(Finding { object: name.clone(), message: format!("blob {} lies beyond the end of the pack", id.short()) });
+            findings.push(Finding {
+                object: name.clone(),
+                message: format!("blob {} lies beyond the end of the pack", id.short()),
+            });
             continue;
         };
         match repo.decode_blob(&id, &loc, ct) {

@@ -79,9 +79,7 @@ impl Key {
         }
         let (ct, tag) = ct_and_tag.split_at(ct_and_tag.len() - TAG_LEN);
         let mut buf = ct.to_vec();
-        self.cipher()
-            .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf, Tag::from_slice(tag))
-            .ok()?;
+        self.cipher().decrypt_in_place_detached(Nonce::from_slice(nonce), aad, &mut buf, Tag::from_slice(tag)).ok()?;
         Some(buf)
     }
 
@@ -105,9 +103,8 @@ impl Key {
         }
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&wrapped[..NONCE_LEN]);
-        let mut plain = self
-            .open(&nonce, aad, &wrapped[NONCE_LEN..])
-            .ok_or_else(|| Error::Key { object: object.to_string() })?;
+        let mut plain =
+            self.open(&nonce, aad, &wrapped[NONCE_LEN..]).ok_or_else(|| Error::Key { object: object.to_string() })?;
         let mut k = [0u8; 32];
         k.copy_from_slice(&plain);
         plain.zeroize();
@@ -151,9 +148,8 @@ impl MasterKey {
     fn parse_file(bytes: &[u8], path: &Path) -> Result<MasterKey> {
         let text = std::str::from_utf8(bytes).unwrap_or("").trim();
         let mut k = [0u8; 32];
-        hex::decode_to_slice(text, &mut k).map_err(|_| {
-            Error::Invalid(format!("{}: a master key file holds 64 hex digits", path.display()))
-        })?;
+        hex::decode_to_slice(text, &mut k)
+            .map_err(|_| Error::Invalid(format!("{}: a master key file holds 64 hex digits", path.display())))?;
         Ok(MasterKey(Key(k)))
     }
 }

@@ -11,7 +11,6 @@ use crate::id::Id;
 use crate::model::{IndexBlob, IndexFile, IndexPack};
 use crate::pack::{BlobKind, FinishedPack, PackEntry};
 
-
 /// Where a pack is and how its data key is wrapped.
 #[derive(Clone, Debug)]
 pub struct PackMeta {
@@ -63,7 +62,13 @@ impl Index {
                 continue;
             }
             let pos = self.packs.len() as u32;
-            self.packs.push(PackMeta { id: p.id, size: p.size, kek_version: p.kek_version, wrapped, blobs: p.blobs.len() as u32 });
+            self.packs.push(PackMeta {
+                id: p.id,
+                size: p.size,
+                kek_version: p.kek_version,
+                wrapped,
+                blobs: p.blobs.len() as u32,
+            });
             self.pack_pos.insert(p.id, pos);
             for b in &p.blobs {
                 // A blob stored twice (after an interrupted session) keeps its first location.
@@ -128,7 +133,13 @@ pub fn index_pack_of(p: &FinishedPack) -> IndexPack {
 }
 
 /// The index-file record of a pack.
-pub fn index_pack(id: Id, size: u64, kek_version: u32, wrapped: &[u8; WRAPPED_LEN], entries: &[PackEntry]) -> IndexPack {
+pub fn index_pack(
+    id: Id,
+    size: u64,
+    kek_version: u32,
+    wrapped: &[u8; WRAPPED_LEN],
+    entries: &[PackEntry],
+) -> IndexPack {
     IndexPack {
         id,
         size,

@@ -174,7 +174,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     // Packs the index does not know are deleted as orphans, so the index must be complete:
     // an unreadable or lost index file would turn packs of live data into "orphans".
     if let Some(e) = repo.index_errors().first() {
-        return Err(Error::Invalid(format!("refusing to prune: an index file is unreadable ({e}); run `repair index` first")));
+        return Err(Error::Invalid(format!(
+            "refusing to prune: an index file is unreadable ({e}); run `repair index` first"
+        )));
     }
     let used = used_blobs(repo)?;
     {
@@ -225,7 +227,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     report.packs_repacked = repack.len();
     report.orphans_deleted = orphans.len();
     let size_of = |pos: &u32| repo.index().pack(*pos).map(|p| p.size as i64).unwrap_or(0);
-    report.bytes_freed = delete.iter().chain(&repack).map(size_of).sum::<i64>() + orphans.iter().map(|o| o.1 as i64).sum::<i64>();
+    report.bytes_freed =
+        delete.iter().chain(&repack).map(size_of).sum::<i64>() + orphans.iter().map(|o| o.1 as i64).sum::<i64>();
     if opts.dry_run || (delete.is_empty() && repack.is_empty() && orphans.is_empty()) {
         return Ok(report);
     }
@@ -234,8 +237,12 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let mut writer = repo.writer();
     writer.force_rewrite();
     for pos in &repack {
-        let blobs: Vec<(Id, crate::index::BlobLoc)> =
-            repo.index().blobs().filter(|(id, l)| l.pack == *pos && used.contains(*id)).map(|(i, l)| (*i, *l)).collect();
+        let blobs: Vec<(Id, crate::index::BlobLoc)> = repo
+            .index()
+            .blobs()
+            .filter(|(id, l)| l.pack == *pos && used.contains(*id))
+            .map(|(i, l)| (*i, *l))
+            .collect();
         for (id, loc) in blobs {
             let plain = repo.read_blob(&id)?;
             let raw_len = plain.len() as u32;

@@ -281,6 +281,9 @@ pub struct Config {
     pub compression_level: i32,
     /// The chunk-id (BLAKE3) key, wrapped.
     pub chunk_id_key: WrappedKey,
+    /// Authentication of this document by the master key (see docs/format.md).
+    #[serde(default)]
+    pub mac: String,
 }
 
 /// A key-encryption key file `keys/kek-<version>` (plaintext JSON around wrapped key).
@@ -293,4 +296,7 @@ pub struct KekFile {
     pub created: OffsetDateTime,
     /// The KEK, wrapped.
     pub key: WrappedKey,
+    /// Authentication of this document by the master key (see docs/format.md).
+    #[serde(default)]
+    pub mac: String,
 }

@@ -49,7 +49,7 @@ pub struct Repository {
     hasher: ChunkHasher,
     pub(crate) index: RwLock<Index>,
     index_files: Mutex<Vec<Id>>,
-    index_errors: Vec<Error>,
+    index_errors: Mutex<Vec<Error>>,
     dek_cache: RwLock<HashMap<u32, Key>>,
     pub(crate) rng: SharedRng,
 }
@@ -79,6 +79,54 @@ fn unwrap_with_master(master: &MasterKey, w: &WrappedKey, aad: &[u8], object: &s
         .decode(&wrapping.wrapped)
         .map_err(|_| Error::corrupt(object, "bad base64 in wrapped key"))?;
     master.0.unwrap_key(&raw, aad, object)
+}
+
+/// Plaintext documents (`config`, `keys/kek-N`) carry a MAC so that nothing in them (chunker
+/// sizes, versions) can be changed unnoticed by someone without the master key.
+trait Authenticated: serde::Serialize + Clone {
+    fn mac(&self) -> &str;
+    fn set_mac(&mut self, mac: String);
+}
+
+impl Authenticated for Config {
+    fn mac(&self) -> &str {
+        &self.mac
+    }
+    fn set_mac(&mut self, mac: String) {
+        self.mac = mac;
+    }
+}
+
+impl Authenticated for KekFile {
+    fn mac(&self) -> &str {
+        &self.mac
+    }
+    fn set_mac(&mut self, mac: String) {
+        self.mac = mac;
+    }
+}
+
+/// Keyed BLAKE3 (key derived from the master key) over the compact JSON with `mac` empty.
+fn compute_mac<T: Authenticated>(master: &MasterKey, doc: &T) -> blake3::Hash {
+    let mut bare = doc.clone();
+    bare.set_mac(String::new());
+    let key = blake3::derive_key("strongroom 2026 document mac", master.0.expose());
+    blake3::keyed_hash(&key, &serde_json::to_vec(&bare).unwrap_or_default())
+}
+
+fn authenticate<T: Authenticated>(master: &MasterKey, mut doc: T) -> T {
+    let mac = compute_mac(master, &doc).to_hex().to_string();
+    doc.set_mac(mac);
+    doc
+}
+
+fn verify_authentication<T: Authenticated>(master: &MasterKey, doc: &T, object: &str) -> Result<()> {
+    let claimed = blake3::Hash::from_hex(doc.mac()).map_err(|_| Error::corrupt(object, "missing or malformed mac"))?;
+    // blake3::Hash compares in constant time.
+    if claimed != compute_mac(master, doc) {
+        return Err(Error::Key { object: format!("{object} (mac does not verify: tampered, or another master key)") });
+    }
+    Ok(())
 }
 
 fn kek_name(version: u32) -> String {
@@ -129,9 +177,17 @@ impl Repository {
             pack_size: opts.pack_size,
             compression_level: opts.compression_level,
             chunk_id_key: wrap_with_master(master, &chunk_key, CHUNK_KEY_AAD, &mut rng),
+            mac: String::new(),
         };
+        let config = authenticate(master, config);
         let kek = Key::generate(&mut rng);
-        let kek_file = KekFile { version: 1, created: now, key: wrap_with_master(master, &kek, &kek_aad(1), &mut rng) };
+        let kek_file = KekFile {
+            version: 1,
+            created: now,
+            key: wrap_with_master(master, &kek, &kek_aad(1), &mut rng),
+            mac: String::new(),
+        };
+        let kek_file = authenticate(master, kek_file);
         let to_json = |v: &dyn erased_json::Json| Bytes::from(v.json());
         // The KEK first, the config last: a repository exists once its config does.
         backend.put(&kek_name(1), to_json(&kek_file))?;
@@ -149,6 +205,7 @@ impl Repository {
             other => other,
         })?;
         let config: Config = parse_json(CONFIG, &config_bytes)?;
+        verify_authentication(master, &config, CONFIG)?;
         if config.version != 1 {
             return Err(Error::corrupt(CONFIG, format!("unsupported repository version {}", config.version)));
         }
@@ -158,6 +215,7 @@ impl Repository {
         for (name, _) in backend.list("keys")? {
             let Some(v) = name.strip_prefix("keys/kek-").and_then(|v| v.parse::<u32>().ok()) else { continue };
             let file: KekFile = parse_json(&name, &backend.get(&name)?)?;
+            verify_authentication(master, &file, &name)?;
             if file.version != v {
                 return Err(Error::corrupt(&name, "version does not match the object name"));
             }
@@ -173,7 +231,7 @@ impl Repository {
             keks,
             index: RwLock::new(Index::default()),
             index_files: Mutex::new(Vec::new()),
-            index_errors: Vec::new(),
+            index_errors: Mutex::new(Vec::new()),
             dek_cache: RwLock::new(HashMap::new()),
             rng,
         };
@@ -210,13 +268,13 @@ impl Repository {
         }
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
         *self.index_files.lock().unwrap_or_else(|p| p.into_inner()) = files;
-        self.index_errors = errors;
+        *self.index_errors.lock().unwrap_or_else(|p| p.into_inner()) = errors;
         Ok(())
     }
 
     /// Index files that could not be read when the repository was opened.
-    pub fn index_errors(&self) -> &[Error] {
-        &self.index_errors
+    pub fn index_errors(&self) -> std::sync::MutexGuard<'_, Vec<Error>> {
+        self.index_errors.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Ids of the index files in use.
@@ -231,6 +289,8 @@ impl Repository {
     pub(crate) fn replace_index(&self, index: Index, files: Vec<Id>) {
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
         *self.index_files.lock().unwrap_or_else(|p| p.into_inner()) = files;
+        // The new index was rebuilt from what is readable: earlier read errors are history.
+        self.index_errors.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.dek_cache.write().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
@@ -279,9 +339,9 @@ impl Repository {
         let kek = self
             .kek(meta.kek_version)
             .ok_or_else(|| Error::corrupt(&name, format!("unknown key version {}", meta.kek_version)))?;
-        let dek = kek.unwrap_key(&meta.wrapped, PACK_KEY_AAD, &name).map_err(|_| {
-            Error::corrupt(format!("{name} (index entry)"), "pack data key fails authentication")
-        })?;
+        let dek = kek
+            .unwrap_key(&meta.wrapped, PACK_KEY_AAD, &name)
+            .map_err(|_| Error::corrupt(format!("{name} (index entry)"), "pack data key fails authentication"))?;
         self.dek_cache.write().unwrap_or_else(|p| p.into_inner()).insert(pack, dek.clone());
         Ok(dek)
     }

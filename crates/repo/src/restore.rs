@@ -132,7 +132,13 @@ pub fn restore(
         .include
         .iter()
         .map(|p| p.trim_matches('/').as_bytes().to_vec())
-        .map(|p| if is_safe_relative_path(&p) { Ok(p) } else { Err(Error::Invalid(format!("bad path to restore: {:?}", String::from_utf8_lossy(&p)))) })
+        .map(|p| {
+            if is_safe_relative_path(&p) {
+                Ok(p)
+            } else {
+                Err(Error::Invalid(format!("bad path to restore: {:?}", String::from_utf8_lossy(&p))))
+            }
+        })
         .collect::<Result<_>>()?;
     std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
     let target = target.canonicalize().map_err(|e| Error::io(target, e))?;
@@ -158,13 +164,15 @@ pub fn restore(
     }
     let mut summary = RestoreSummary::default();
 
-    // Phase 1: directories, empty files of the right size (holes), symlinks.
-    for item in &items {
+    // Phase 1: directories (in order, parents first), then empty files of the right size
+    // (holes stay holes) and symlinks, in parallel: creating inodes is most of a restore's
+    // kernel time, and parallel creation in different directories spreads it over the cores.
+    for item in items.iter().filter(|it| it.node.kind == NodeKind::Dir) {
+        ensure_dir(&item.path)?;
+        summary.dirs += 1;
+    }
+    items.par_iter().try_for_each(|item| -> Result<()> {
         match item.node.kind {
-            NodeKind::Dir => {
-                ensure_dir(&item.path)?;
-                summary.dirs += 1;
-            }
             NodeKind::File => {
                 clear_entry(&item.path)?;
                 let f = OpenOptions::new()
@@ -175,8 +183,6 @@ pub fn restore(
                     .open(&item.path)
                     .map_err(|e| Error::io(&item.path, e))?;
                 f.set_len(item.node.size).map_err(|e| Error::io(&item.path, e))?;
-                summary.files += 1;
-                summary.bytes += item.node.size;
                 progress.files_total.fetch_add(1, Ordering::Relaxed);
                 progress.bytes_total.fetch_add(item.node.size, Ordering::Relaxed);
             }
@@ -184,9 +190,19 @@ pub fn restore(
                 clear_entry(&item.path)?;
                 let t = item.node.target.as_ref().map(|t| t.as_os()).unwrap_or_default();
                 std::os::unix::fs::symlink(t, &item.path).map_err(|e| Error::io(&item.path, e))?;
-                summary.symlinks += 1;
             }
-            NodeKind::Hardlink => {}
+            NodeKind::Dir | NodeKind::Hardlink => {}
+        }
+        Ok(())
+    })?;
+    for item in &items {
+        match item.node.kind {
+            NodeKind::File => {
+                summary.files += 1;
+                summary.bytes += item.node.size;
+            }
+            NodeKind::Symlink => summary.symlinks += 1,
+            NodeKind::Dir | NodeKind::Hardlink => {}
         }
     }
 
@@ -254,8 +270,12 @@ pub fn restore(
     })?;
 
     // Phase 3: hard links, to files restored above only.
-    let by_rel: HashMap<&[u8], usize> =
-        items.iter().enumerate().filter(|(_, it)| it.node.kind == NodeKind::File).map(|(i, it)| (it.rel.as_slice(), i)).collect();
+    let by_rel: HashMap<&[u8], usize> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, it)| it.node.kind == NodeKind::File)
+        .map(|(i, it)| (it.rel.as_slice(), i))
+        .collect();
     for item in items.iter().filter(|it| it.node.kind == NodeKind::Hardlink) {
         let link = item.node.link.as_ref().map(|l| l.0.as_slice()).unwrap_or_default();
         match by_rel.get(link) {
@@ -272,8 +292,10 @@ pub fn restore(
         }
     }
 
-    // Phase 4: metadata, contents before their directory so directory times stick.
-    for item in items.iter().rev() {
+    // Phase 4: metadata; everything but directories in parallel, then directories deepest
+    // first, so a directory's times are set after its contents changed it.
+    items.par_iter().filter(|it| it.node.kind != NodeKind::Dir).try_for_each(|it| set_metadata(it, opts.owners))?;
+    for item in items.iter().rev().filter(|it| it.node.kind == NodeKind::Dir) {
         set_metadata(item, opts.owners)?;
     }
     Ok(summary)
@@ -287,7 +309,9 @@ fn set_metadata(item: &Item, owners: bool) -> Result<()> {
         NodeKind::File | NodeKind::Dir => {
             let f = OpenOptions::new()
                 .read(true)
-                .custom_flags(nofollow() | if n.kind == NodeKind::Dir { rustix::fs::OFlags::DIRECTORY.bits() as i32 } else { 0 })
+                .custom_flags(
+                    nofollow() | if n.kind == NodeKind::Dir { rustix::fs::OFlags::DIRECTORY.bits() as i32 } else { 0 },
+                )
                 .open(path)
                 .map_err(|e| Error::io(path, e))?;
             if owners {

@@ -183,7 +183,15 @@ impl<'r> Writer<'r> {
 
     /// Flushes, then records a snapshot of `tree` taken at `now`. The snapshot is written only
     /// after every chunk it references is durable.
-    pub fn commit(mut self, tree: Id, paths: Vec<String>, hostname: String, parent: Option<Id>, summary: Summary, now: OffsetDateTime) -> Result<(Id, Snapshot)> {
+    pub fn commit(
+        mut self,
+        tree: Id,
+        paths: Vec<String>,
+        hostname: String,
+        parent: Option<Id>,
+        summary: Summary,
+        now: OffsetDateTime,
+    ) -> Result<(Id, Snapshot)> {
         self.flush()?;
         let index = self.repo.index();
         if !index.contains(&tree) {
@@ -210,6 +218,11 @@ impl ChunkSink for Writer<'_> {
         if chunk.data.len() > self.repo.config().pack_size as usize || chunk.raw_len as usize > 1 << 27 {
             return Err(Error::Invalid(format!("chunk {} is larger than a pack", chunk.id)));
         }
+        if chunk.kind == BlobKind::Tree {
+            // Listings come from the client: check them now, so a snapshot that could not be
+            // restored is never committed.
+            verify_tree_chunk(self.repo, &chunk)?;
+        }
         let mut pack = lock(&self.open).pop().unwrap_or_else(|| self.new_pack());
         pack.add(chunk.id, chunk.kind, chunk.compressed, chunk.raw_len, &chunk.data);
         self.stats.chunks.fetch_add(1, Ordering::Relaxed);
@@ -233,6 +246,20 @@ impl Drop for Writer<'_> {
             let _ = h.join();
         }
     }
+}
+
+fn verify_tree_chunk(repo: &Repository, chunk: &PreparedChunk) -> Result<()> {
+    let bad = |why: String| Error::Invalid(format!("tree {} refused: {why}", chunk.id));
+    let plain = if chunk.compressed {
+        crate::chunker::decompress(&chunk.data, chunk.raw_len as usize).ok_or_else(|| bad("bad compression".into()))?
+    } else {
+        chunk.data.clone()
+    };
+    if plain.len() != chunk.raw_len as usize || repo.hasher().id(&plain) != chunk.id {
+        return Err(bad("contents do not match the id".into()));
+    }
+    let tree: crate::model::Tree = serde_json::from_slice(&plain).map_err(|e| bad(e.to_string()))?;
+    crate::tree::validate(&tree).map_err(bad)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -23,8 +23,8 @@ use repo::restore::{restore, RestoreOptions, RestoreProgress, RestoreSummary};
 use repo::{Backend, Error, Id, InitOptions, ObjectStoreBackend, Repository, SharedRng};
 use tempfile::TempDir;
 use testkit::{
-    assert_trees_equal, compressible_bytes, copy_tree, fixed_time, make_sparse_image, make_tree,
-    master_key, random_bytes, seeded_rng, set_mtime, FaultBackend, MemBackend,
+    assert_trees_equal, compressible_bytes, copy_tree, fixed_time, make_sparse_image, make_tree, master_key,
+    random_bytes, seeded_rng, set_mtime, FaultBackend, MemBackend,
 };
 
 const HOST: &str = "testhost";
@@ -44,12 +44,7 @@ fn rng() -> SharedRng {
 /// Small chunks and 1 MiB packs, so a few MiB of data makes many packs and few puts.
 fn small_opts() -> InitOptions {
     InitOptions {
-        chunker: ChunkerParams {
-            min: 16 << 10,
-            avg: 64 << 10,
-            max: 256 << 10,
-            fixed: 64 << 10,
-        },
+        chunker: ChunkerParams { min: 16 << 10, avg: 64 << 10, max: 256 << 10, fixed: 64 << 10 },
         pack_size: 1 << 20,
         compression_level: 3,
     }
@@ -68,67 +63,42 @@ fn tempdir() -> TempDir {
 }
 
 fn backup(repo: &Repository, path: &Path, parent: Option<Id>, now: i64) -> (Id, Snapshot) {
-    let (id, snap, warnings) = backup_local(
-        repo,
-        &[path.to_path_buf()],
-        parent,
-        HOST,
-        fixed_time(now),
-        &Progress::default(),
-    )
-    .unwrap_or_else(|e| panic!("backup of {}: {e}", path.display()));
+    let (id, snap, warnings) =
+        backup_local(repo, &[path.to_path_buf()], parent, HOST, fixed_time(now), &Progress::default())
+            .unwrap_or_else(|e| panic!("backup of {}: {e}", path.display()));
     assert!(warnings.is_empty(), "backup warnings: {warnings:?}");
     (id, snap)
 }
 
 fn try_restore(repo: &Repository, id: &Id, target: &Path) -> repo::Result<RestoreSummary> {
     let snap = repo.load_snapshot(id)?;
-    restore(
-        repo,
-        &snap,
-        target,
-        &RestoreOptions::default(),
-        &RestoreProgress::default(),
-    )
+    restore(repo, &snap, target, &RestoreOptions::default(), &RestoreProgress::default())
 }
 
 /// Restores snapshot `id` into a fresh directory and compares the result with `expected`,
 /// whose last path component is the name of the backed-up root.
 fn assert_restores_to(repo: &Repository, id: &Id, expected: &Path) {
     let t = tempdir();
-    try_restore(repo, id, t.path())
-        .unwrap_or_else(|e| panic!("restore of snapshot {}: {e}", id.short()));
+    try_restore(repo, id, t.path()).unwrap_or_else(|e| panic!("restore of snapshot {}: {e}", id.short()));
     assert_trees_equal(expected, &t.path().join(expected.file_name().unwrap()));
 }
 
 /// `check` with `read_data`: no errors (warnings allowed).
 fn assert_no_errors(repo: &Repository, label: &str) -> CheckReport {
     let r = check(repo, true).unwrap_or_else(|e| panic!("{label}: check failed to run: {e}"));
-    assert!(
-        r.errors.is_empty(),
-        "{label}: check found errors: {:#?}",
-        r.errors
-    );
+    assert!(r.errors.is_empty(), "{label}: check found errors: {:#?}", r.errors);
     r
 }
 
 /// `check` with `read_data`: neither errors nor warnings.
 fn assert_spotless(repo: &Repository, label: &str) {
     let r = assert_no_errors(repo, label);
-    assert!(
-        r.warnings.is_empty(),
-        "{label}: check found warnings: {:#?}",
-        r.warnings
-    );
+    assert!(r.warnings.is_empty(), "{label}: check found warnings: {:#?}", r.warnings);
 }
 
 /// Bytes stored under the repository's object prefixes.
 fn stored_bytes(b: &dyn Backend) -> u64 {
-    ["data", "index", "snapshots", "keys"]
-        .iter()
-        .flat_map(|p| b.list(p).unwrap())
-        .map(|(_, n)| n)
-        .sum()
+    ["data", "index", "snapshots", "keys"].iter().flat_map(|p| b.list(p).unwrap()).map(|(_, n)| n).sum()
 }
 
 /// Regular files (hard links counted once) and their total size.
@@ -198,15 +168,9 @@ fn real_tree_and_fixture_round_trip_through_a_local_repository() {
 
     let repo_dir = tmp.path().join("repo");
     let snap_id = {
-        let repo = init(
-            Arc::new(ObjectStoreBackend::local(&repo_dir).unwrap()),
-            InitOptions::default(),
-        );
+        let repo = init(Arc::new(ObjectStoreBackend::local(&repo_dir).unwrap()), InitOptions::default());
         let (id, snap) = backup(&repo, &src, None, DAY0);
-        assert_eq!(
-            (snap.summary.files_read, snap.summary.bytes_read),
-            (files, bytes)
-        );
+        assert_eq!((snap.summary.files_read, snap.summary.bytes_read), (files, bytes));
         assert_eq!(snap.summary.skipped, 0);
         id
     };
@@ -217,10 +181,7 @@ fn real_tree_and_fixture_round_trip_through_a_local_repository() {
     assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
     assert_trees_equal(&src, &target.join("data"));
     let report = check(&repo, true).unwrap();
-    assert!(
-        report.errors.is_empty() && report.warnings.is_empty(),
-        "{report:#?}"
-    );
+    assert!(report.errors.is_empty() && report.warnings.is_empty(), "{report:#?}");
     assert!(report.blobs_verified > 0 && report.snapshots == 1);
 }
 
@@ -232,19 +193,11 @@ fn sparse_image_restores_identical_still_sparse_and_stores_little() {
     let src = tmp.path().join("data");
     fs::create_dir(&src).unwrap();
     // Sparse by its holes alone (no image extension): data, then holes, at odd offsets.
-    let ranges = [
-        0..MIB,
-        100 * MIB..101 * MIB + MIB / 2,
-        200 * MIB + 4096..202 * MIB,
-        SIZE - 64 * 1024..SIZE,
-    ];
+    let ranges = [0..MIB, 100 * MIB..101 * MIB + MIB / 2, 200 * MIB + 4096..202 * MIB, SIZE - 64 * 1024..SIZE];
     let data_bytes: u64 = ranges.iter().map(|r| r.end - r.start).sum();
     make_sparse_image(&src.join("sparse.bin"), SIZE, &ranges);
     let m = fs::metadata(src.join("sparse.bin")).unwrap();
-    assert!(
-        m.blocks() * 512 < SIZE / 16,
-        "this filesystem did not keep the fixture sparse"
-    );
+    assert!(m.blocks() * 512 < SIZE / 16, "this filesystem did not keep the fixture sparse");
     // A fully allocated disk image (by extension): its zero blocks must become holes.
     let mut img = vec![0u8; 32 << 20];
     img[8 << 20..9 << 20].copy_from_slice(&random_bytes(9, 1 << 20));
@@ -287,10 +240,7 @@ fn incremental_backup_reads_only_changed_files_and_each_snapshot_restores_its_st
     let src = tmp.path().join("data");
     make_tree(&src);
     let (files, _) = count_files(&src);
-    let repo = init(
-        Arc::new(ObjectStoreBackend::local(&tmp.path().join("repo")).unwrap()),
-        InitOptions::default(),
-    );
+    let repo = init(Arc::new(ObjectStoreBackend::local(&tmp.path().join("repo")).unwrap()), InitOptions::default());
     let (s1, snap1) = backup(&repo, &src, None, DAY0);
     assert_eq!(snap1.summary.files_read, files);
     let state1 = tmp.path().join("state1/data");
@@ -307,22 +257,9 @@ fn incremental_backup_reads_only_changed_files_and_each_snapshot_restores_its_st
     set_mtime(&src.join("nested/a/sibling.dat"), t + 3, 0);
     rewrite(&src.join("new.bin"), &random_bytes(77, 300 << 10), t + 4);
     fs::remove_file(src.join("names/.hidden")).unwrap();
-    fs::set_permissions(
-        src.join("perms/everyone"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
-    let changed = [
-        "small.txt",
-        "app.log",
-        "nested/a/b/c/deep.txt",
-        "nested/a/sibling.dat",
-        "new.bin",
-    ];
-    let changed_bytes: u64 = changed
-        .iter()
-        .map(|p| fs::metadata(src.join(p)).unwrap().len())
-        .sum();
+    fs::set_permissions(src.join("perms/everyone"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let changed = ["small.txt", "app.log", "nested/a/b/c/deep.txt", "nested/a/sibling.dat", "new.bin"];
+    let changed_bytes: u64 = changed.iter().map(|p| fs::metadata(src.join(p)).unwrap().len()).sum();
 
     let (s2, snap2) = backup(&repo, &src, Some(s1), t + 10);
     assert_eq!(snap2.parent, Some(s1));
@@ -355,19 +292,10 @@ fn backing_up_the_same_data_twice_adds_almost_nothing() {
 
     // No parent: every file is read again, and every chunk is found already stored.
     let (s2, second) = backup(&repo, &src, None, DAY0 + HOUR);
-    assert_eq!(
-        (second.summary.files_read, second.summary.bytes_read),
-        (files, bytes)
-    );
-    assert_eq!(
-        (second.summary.new_chunks, second.summary.new_bytes),
-        (0, 0)
-    );
+    assert_eq!((second.summary.files_read, second.summary.bytes_read), (files, bytes));
+    assert_eq!((second.summary.new_chunks, second.summary.new_bytes), (0, 0));
     let growth = mem.total_bytes() - after_first;
-    assert!(
-        growth < 64 << 10,
-        "second backup of the same data added {growth} bytes"
-    );
+    assert!(growth < 64 << 10, "second backup of the same data added {growth} bytes");
 
     // The same data under another path dedups too.
     let copy = tmp.path().join("elsewhere/data");
@@ -389,14 +317,7 @@ fn backing_up_the_same_data_twice_adds_almost_nothing() {
 
 /// Reopens a repository from what a crash left, and checks it is whole: no check errors,
 /// the first snapshot and every other snapshot restore exactly, a new backup succeeds.
-fn assert_survives(
-    label: &str,
-    state: MemBackend,
-    s1: Id,
-    state1: &Path,
-    src: &Path,
-    completed: Option<Id>,
-) {
+fn assert_survives(label: &str, state: MemBackend, s1: Id, state1: &Path, src: &Path, completed: Option<Id>) {
     let mem = Arc::new(state);
     let repo = Repository::open(mem.clone(), &master_key(MASTER), rng())
         .unwrap_or_else(|e| panic!("{label}: cannot reopen the repository: {e}"));
@@ -404,10 +325,7 @@ fn assert_survives(
     let ids = repo.snapshot_ids().unwrap();
     assert!(ids.contains(&s1), "{label}: the first snapshot is gone");
     if let Some(s2) = completed {
-        assert!(
-            ids.contains(&s2),
-            "{label}: a completed backup's snapshot is gone"
-        );
+        assert!(ids.contains(&s2), "{label}: a completed backup's snapshot is gone");
     }
     for id in &ids {
         assert_restores_to(&repo, id, if *id == s1 { state1 } else { src });
@@ -439,10 +357,7 @@ fn backup_interrupted_at_any_put_leaves_a_whole_repository() {
         backup(&open(f.clone()), &src, Some(s1), DAY0 + DAY);
         f.puts()
     };
-    assert!(
-        needed >= 5,
-        "the second backup should take several packs, took {needed} puts"
-    );
+    assert!(needed >= 5, "the second backup should take several packs, took {needed} puts");
 
     // Pack counts can vary a little with thread timing: go on until a run completes unharmed.
     let mut n = 0;
@@ -468,52 +383,25 @@ fn backup_interrupted_at_any_put_leaves_a_whole_repository() {
             let mode = if crash { "crash" } else { "failing puts" };
             let completed = match result {
                 Ok((id, _, _)) => {
-                    assert_eq!(
-                        f.faults(),
-                        0,
-                        "{mode} at put {n}: backup reported success despite a failed put"
-                    );
+                    assert_eq!(f.faults(), 0, "{mode} at put {n}: backup reported success despite a failed put");
                     completed_once = true;
                     Some(id)
                 }
                 Err(e) => {
                     interrupted += 1;
-                    assert!(
-                        f.faults() > 0,
-                        "{mode} at put {n}: backup failed without a fault: {e}"
-                    );
-                    assert!(
-                        matches!(e, Error::Backend { .. }),
-                        "{mode} at put {n}: unexpected error {e}"
-                    );
+                    assert!(f.faults() > 0, "{mode} at put {n}: backup failed without a fault: {e}");
+                    assert!(matches!(e, Error::Backend { .. }), "{mode} at put {n}: unexpected error {e}");
                     None
                 }
             };
-            assert_survives(
-                &format!("{mode} after {n} puts, power cut"),
-                m.crash(),
-                s1,
-                &state1,
-                &src,
-                completed,
-            );
-            assert_survives(
-                &format!("{mode} after {n} puts, process crash"),
-                m.fork(),
-                s1,
-                &state1,
-                &src,
-                completed,
-            );
+            assert_survives(&format!("{mode} after {n} puts, power cut"), m.crash(), s1, &state1, &src, completed);
+            assert_survives(&format!("{mode} after {n} puts, process crash"), m.fork(), s1, &state1, &src, completed);
         }
         n += 1;
     }
     eprintln!("second backup: {needed} puts, {interrupted} interrupted runs checked");
     // Every put before the last one was a crash point.
-    assert!(
-        interrupted >= 2 * (needed - 1),
-        "only {interrupted} runs were interrupted"
-    );
+    assert!(interrupted >= 2 * (needed - 1), "only {interrupted} runs were interrupted");
 }
 
 /// A tree for the maintenance tests: shared data, plus `unique.bin` whose contents depend on
@@ -521,22 +409,10 @@ fn backup_interrupted_at_any_put_leaves_a_whole_repository() {
 fn write_version(src: &Path, version: u64, mtime: i64) {
     fs::create_dir_all(src).unwrap();
     if version == 0 {
-        rewrite(
-            &src.join("shared.bin"),
-            &random_bytes(1000, 512 << 10),
-            DAY0,
-        );
+        rewrite(&src.join("shared.bin"), &random_bytes(1000, 512 << 10), DAY0);
     }
-    rewrite(
-        &src.join("unique.bin"),
-        &random_bytes(2000 + version, 600 << 10),
-        mtime,
-    );
-    rewrite(
-        &src.join("log.txt"),
-        &compressible_bytes(version, 64 << 10),
-        mtime,
-    );
+    rewrite(&src.join("unique.bin"), &random_bytes(2000 + version, 600 << 10), mtime);
+    rewrite(&src.join("log.txt"), &compressible_bytes(version, 64 << 10), mtime);
     set_mtime(src, mtime, 0);
 }
 
@@ -550,10 +426,7 @@ fn three_versions_last_kept(src: &Path) -> (Arc<MemBackend>, Id) {
         write_version(src, v, DAY0 + v as i64 * DAY);
         parent = Some(backup(&repo, src, parent, DAY0 + v as i64 * DAY).0);
     }
-    let policy = Retention {
-        keep_last: 1,
-        ..Default::default()
-    };
+    let policy = Retention { keep_last: 1, ..Default::default() };
     forget(&repo, &policy, false).unwrap();
     (mem, parent.unwrap())
 }
@@ -568,10 +441,7 @@ fn prune_after_an_interrupted_prune_keeps_superseded_index_files_dead() {
     let crashed = (0..100)
         .map(|n| {
             let m = Arc::new(mem.fork());
-            let _ = prune(
-                &open(Arc::new(FaultBackend::crash_after_writes(m.clone(), n))),
-                &PruneOptions::default(),
-            );
+            let _ = prune(&open(Arc::new(FaultBackend::crash_after_writes(m.clone(), n))), &PruneOptions::default());
             m.crash()
         })
         .find(|s| {
@@ -584,10 +454,7 @@ fn prune_after_an_interrupted_prune_keeps_superseded_index_files_dead() {
     // The superseded files must be gone with the index that superseded them; were they
     // left, the next session would load them and point at packs prune has deleted.
     let left = crashed.names_under("index");
-    assert!(
-        old_index.iter().all(|o| !left.contains(o)),
-        "superseded index files survived: {left:?}"
-    );
+    assert!(old_index.iter().all(|o| !left.contains(o)), "superseded index files survived: {left:?}");
     let repo = open(crashed.clone());
     assert_spotless(&repo, "second prune after an interrupted one");
     assert_restores_to(&repo, &last, &src);
@@ -619,14 +486,8 @@ fn prune_interrupted_at_any_write_loses_nothing_and_a_rerun_finishes() {
         let states = [
             ("power cut", m.crash()),
             ("process crash", m.fork()),
-            (
-                "power cut keeping pending index changes",
-                m.crash_keeping(|x| x.starts_with("index/")),
-            ),
-            (
-                "power cut keeping pending pack changes",
-                m.crash_keeping(|x| x.starts_with("data/")),
-            ),
+            ("power cut keeping pending index changes", m.crash_keeping(|x| x.starts_with("index/"))),
+            ("power cut keeping pending pack changes", m.crash_keeping(|x| x.starts_with("data/"))),
         ];
         for (what, state) in states {
             let label = format!("prune crashed after {n} writes, {what}");
@@ -634,25 +495,18 @@ fn prune_interrupted_at_any_write_loses_nothing_and_a_rerun_finishes() {
             let repo = open(state.clone());
             assert_no_errors(&repo, &label);
             assert_restores_to(&repo, &last, &src);
-            prune(&repo, &PruneOptions::default())
-                .unwrap_or_else(|e| panic!("{label}: rerun of prune: {e}"));
+            prune(&repo, &PruneOptions::default()).unwrap_or_else(|e| panic!("{label}: rerun of prune: {e}"));
             drop(repo);
             let repo = open(state.clone());
             assert_spotless(&repo, &format!("{label}, after a rerun"));
             assert_restores_to(&repo, &last, &src);
             let after = stored_bytes(&*state);
-            assert!(
-                after < before,
-                "{label}: prune freed nothing ({before} -> {after} bytes)"
-            );
+            assert!(after < before, "{label}: prune freed nothing ({before} -> {after} bytes)");
         }
         n += 1;
     }
     eprintln!("prune: {needed} writes, {interrupted} interrupted runs checked");
-    assert!(
-        interrupted >= needed - 1,
-        "only {interrupted} prunes were interrupted of {needed} writes"
-    );
+    assert!(interrupted >= needed - 1, "only {interrupted} prunes were interrupted of {needed} writes");
 }
 
 #[test]
@@ -680,27 +534,16 @@ fn prune_deletes_orphan_packs_left_by_a_crashed_backup() {
 
     // What the dead process left: packs nobody indexed.
     let repo = open(mem.clone());
-    let orphans: Vec<String> = mem
-        .names_under("data")
-        .into_iter()
-        .filter(|n| !packs_before.contains(n))
-        .collect();
+    let orphans: Vec<String> = mem.names_under("data").into_iter().filter(|n| !packs_before.contains(n)).collect();
     assert!(!orphans.is_empty());
     let report = assert_no_errors(&repo, "after the crash");
     for o in &orphans {
-        assert!(
-            report.warnings.iter().any(|w| w.object == *o),
-            "{o} not reported: {:#?}",
-            report.warnings
-        );
+        assert!(report.warnings.iter().any(|w| w.object == *o), "{o} not reported: {:#?}", report.warnings);
     }
     let r = prune(&repo, &PruneOptions::default()).unwrap();
     assert_eq!(r.orphans_deleted, orphans.len());
     let left = mem.names_under("data");
-    assert!(
-        orphans.iter().all(|o| !left.contains(o)),
-        "orphans still stored"
-    );
+    assert!(orphans.iter().all(|o| !left.contains(o)), "orphans still stored");
     assert!(mem.is_synced());
     assert_spotless(&open(mem.clone()), "after prune");
     assert_restores_to(&open(mem.clone()), &s1, &state1);
@@ -731,20 +574,11 @@ fn two_snapshots() -> Damaged {
     let s1 = backup(&repo, &src, None, DAY0).0;
     let state1 = tmp.path().join("state1/data");
     copy_tree(&src, &state1);
-    rewrite(
-        &src.join("second.txt"),
-        &compressible_bytes(3, 100 << 10),
-        DAY0 + DAY,
-    );
+    rewrite(&src.join("second.txt"), &compressible_bytes(3, 100 << 10), DAY0 + DAY);
     let s2 = backup(&repo, &src, Some(s1), DAY0 + DAY).0;
     let state2 = tmp.path().join("state2/data");
     copy_tree(&src, &state2);
-    Damaged {
-        _tmp: tmp,
-        mem,
-        snaps: [s1, s2],
-        states: [state1, state2],
-    }
+    Damaged { _tmp: tmp, mem, snaps: [s1, s2], states: [state1, state2] }
 }
 
 fn assert_reports(report: &CheckReport, name: &str) {
@@ -774,20 +608,13 @@ fn bit_flip_in_a_pack_is_reported_by_check_and_restore_refuses_the_damaged_file(
         let chunk = chunks_of(&repo, &snap, "data/victim.bin")[0];
         let index = repo.index();
         let loc = index.get(&chunk).unwrap();
-        (
-            pack_name(&index.pack(loc.pack).unwrap().id),
-            loc.offset as usize,
-            loc.len as usize,
-        )
+        (pack_name(&index.pack(loc.pack).unwrap().id), loc.offset as usize, loc.len as usize)
     };
     let size = d.mem.object(&pack).unwrap().len();
     let spots = [
         ("inside a data blob", blob_at + blob_len / 2),
         ("in the header", size - repo::pack::FOOTER_LEN - 5),
-        (
-            "in the footer's wrapped key",
-            size - repo::pack::FOOTER_LEN + 20,
-        ),
+        ("in the footer's wrapped key", size - repo::pack::FOOTER_LEN + 20),
         ("in the last byte", size - 1),
     ];
     for (where_, at) in spots {
@@ -804,23 +631,16 @@ fn bit_flip_in_a_pack_is_reported_by_check_and_restore_refuses_the_damaged_file(
         if where_ == "inside a data blob" {
             for (snap, state) in d.snaps.iter().zip(&d.states) {
                 let t = tempdir();
-                let err = try_restore(&repo, snap, t.path())
-                    .expect_err("restore of a damaged file must fail");
+                let err = try_restore(&repo, snap, t.path()).expect_err("restore of a damaged file must fail");
                 assert!(err.to_string().contains(&pack), "{err}");
                 assert_no_wrong_bytes(&state.join("victim.bin"), &t.path().join("data/victim.bin"));
             }
             // The damage is contained: other files still restore.
             let t = tempdir();
             let snap = repo.load_snapshot(&d.snaps[0]).unwrap();
-            let opts = RestoreOptions {
-                include: vec!["data/other.txt".into()],
-                owners: false,
-            };
+            let opts = RestoreOptions { include: vec!["data/other.txt".into()], owners: false };
             restore(&repo, &snap, t.path(), &opts, &RestoreProgress::default()).unwrap();
-            assert_eq!(
-                fs::read(t.path().join("data/other.txt")).unwrap(),
-                b"unrelated file\n"
-            );
+            assert_eq!(fs::read(t.path().join("data/other.txt")).unwrap(), b"unrelated file\n");
         } else {
             // The blobs themselves are intact and authenticated: restore still works.
             assert_restores_to(&repo, &d.snaps[1], &d.states[1]);
@@ -845,8 +665,7 @@ fn lost_pack_is_reported_by_name_and_restore_fails_without_wrong_bytes() {
     assert_reports(&report, &pack);
     for (s, state) in d.snaps.iter().zip(&d.states) {
         let t = tempdir();
-        let err =
-            try_restore(&repo, s, t.path()).expect_err("restore needing a lost pack must fail");
+        let err = try_restore(&repo, s, t.path()).expect_err("restore needing a lost pack must fail");
         assert!(err.to_string().contains(&pack), "{err}");
         assert_no_wrong_bytes(&state.join("victim.bin"), &t.path().join("data/victim.bin"));
     }
@@ -872,12 +691,7 @@ fn flip_index_file_and_repair(d: &Damaged, name: &str) {
         let mem = Arc::new(d.mem.fork());
         mem.flip_bit(name, at, 1);
         let repo = open(mem.clone());
-        assert!(
-            repo.index_errors()
-                .iter()
-                .any(|e| e.to_string().contains(name)),
-            "byte {at}"
-        );
+        assert!(repo.index_errors().iter().any(|e| e.to_string().contains(name)), "byte {at}");
         let report = check(&repo, true).unwrap();
         assert_reports(&report, name);
         // Whatever that index described is unreachable now: a restore that needs it fails and
@@ -889,17 +703,11 @@ fn flip_index_file_and_repair(d: &Damaged, name: &str) {
                 Ok(_) => assert_trees_equal(state, &t.path().join("data")),
                 Err(_) => {
                     failed += 1;
-                    assert_no_wrong_bytes(
-                        &state.join("victim.bin"),
-                        &t.path().join("data/victim.bin"),
-                    );
+                    assert_no_wrong_bytes(&state.join("victim.bin"), &t.path().join("data/victim.bin"));
                 }
             }
         }
-        assert!(
-            failed > 0,
-            "byte {at}: every restore succeeded without {name}"
-        );
+        assert!(failed > 0, "byte {at}: every restore succeeded without {name}");
 
         repair_index(&repo).unwrap();
         let repo = open(mem.clone());
@@ -921,19 +729,14 @@ fn bit_flip_in_a_snapshot_is_reported_and_prune_refuses_to_guess() {
         let repo = open(mem.clone());
         let report = check(&repo, true).unwrap();
         assert_reports(&report, &name);
-        let err = repo
-            .load_snapshot(&d.snaps[0])
-            .expect_err("a damaged snapshot must not load");
+        let err = repo.load_snapshot(&d.snaps[0]).expect_err("a damaged snapshot must not load");
         assert!(err.to_string().contains(&name), "{err}");
         assert!(repo.snapshots().is_err());
         // The other snapshot is unaffected.
         assert_restores_to(&repo, &d.snaps[1], &d.states[1]);
         // Prune cannot know what the damaged snapshot needs, so it must delete nothing.
         let names = mem.names();
-        assert!(
-            prune(&repo, &PruneOptions::default()).is_err(),
-            "byte {at}: prune ran with an unreadable snapshot"
-        );
+        assert!(prune(&repo, &PruneOptions::default()).is_err(), "byte {at}: prune ran with an unreadable snapshot");
         assert_eq!(mem.names(), names);
     }
 }
@@ -957,10 +760,7 @@ fn bit_flip_in_config_or_key_file_is_refused_by_name_or_harmless() {
             m.flip_bit(name, at, (at % 8) as u8);
             match Repository::open(m.clone(), &master_key(MASTER), rng()) {
                 Err(e) => {
-                    assert!(
-                        e.to_string().contains(name),
-                        "flip at byte {at} of {name}: error does not name it: {e}"
-                    );
+                    assert!(e.to_string().contains(name), "flip at byte {at} of {name}: error does not name it: {e}");
                     refused += 1;
                 }
                 Ok(repo) => {
@@ -995,35 +795,15 @@ fn wrong_master_key_cannot_open_and_init_refuses_an_existing_repository() {
     match Repository::open(mem.clone(), &master_key(MASTER + 1), rng()) {
         Err(e @ Error::Key { .. }) => {
             let msg = e.to_string();
-            assert!(
-                msg.contains("config") && msg.contains("wrong key"),
-                "unclear error: {msg}"
-            );
+            assert!(msg.contains("config") && msg.contains("wrong key"), "unclear error: {msg}");
         }
-        other => panic!(
-            "a wrong master key must be refused with Error::Key, got {:?}",
-            other.err()
-        ),
+        other => panic!("a wrong master key must be refused with Error::Key, got {:?}", other.err()),
     }
     for key in [MASTER, MASTER + 1] {
-        let again = Repository::init(
-            mem.clone(),
-            &master_key(key),
-            small_opts(),
-            fixed_time(DAY0),
-            rng(),
-        );
-        assert!(
-            matches!(again, Err(Error::AlreadyExists(_))),
-            "init over a repository: {:?}",
-            again.err()
-        );
+        let again = Repository::init(mem.clone(), &master_key(key), small_opts(), fixed_time(DAY0), rng());
+        assert!(matches!(again, Err(Error::AlreadyExists(_))), "init over a repository: {:?}", again.err());
     }
-    assert_eq!(
-        mem.names(),
-        names,
-        "refused operations changed the repository"
-    );
+    assert_eq!(mem.names(), names, "refused operations changed the repository");
     open(mem);
 }
 
@@ -1064,17 +844,9 @@ fn restore_replaces_planted_links_and_never_writes_outside_the_target() {
     fs::hard_link(outside.join("linked.txt"), t.join("random.bin")).unwrap(); // a hard link out
     try_restore(&repo, &snap, &target).unwrap();
     assert_trees_equal(&pristine, &outside);
-    for (p, dir) in [
-        ("nested/a", true),
-        ("links", true),
-        ("small.txt", false),
-        ("hard/two.dat", false),
-    ] {
+    for (p, dir) in [("nested/a", true), ("links", true), ("small.txt", false), ("hard/two.dat", false)] {
         let m = fs::symlink_metadata(t.join(p)).unwrap();
-        assert!(
-            if dir { m.is_dir() } else { m.is_file() },
-            "{p} is still a planted link"
-        );
+        assert!(if dir { m.is_dir() } else { m.is_file() }, "{p} is still a planted link");
     }
     assert_trees_equal(&src, &t);
 
@@ -1110,32 +882,16 @@ fn forget_keeps_last_and_daily_then_prune_shrinks_and_keeps_the_rest() {
         copy_tree(&src, &state);
         states.push(state);
     }
-    let policy = Retention {
-        keep_last: 1,
-        keep_daily: 3,
-        ..Default::default()
-    };
+    let policy = Retention { keep_last: 1, keep_daily: 3, ..Default::default() };
     let dry = forget(&repo, &policy, true).unwrap();
-    assert_eq!(
-        repo.snapshot_ids().unwrap().len(),
-        times.len(),
-        "a dry run deleted snapshots"
-    );
+    assert_eq!(repo.snapshot_ids().unwrap().len(), times.len(), "a dry run deleted snapshots");
     let plan = forget(&repo, &policy, false).unwrap();
     assert_eq!(dry, plan);
-    let kept: Vec<(Id, Vec<String>)> = plan
-        .iter()
-        .filter(|d| d.keep)
-        .map(|d| (d.id, d.reasons.clone()))
-        .collect();
+    let kept: Vec<(Id, Vec<String>)> = plan.iter().filter(|d| d.keep).map(|d| (d.id, d.reasons.clone())).collect();
     let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(
         kept,
-        vec![
-            (ids[2], strs(&["daily"])),
-            (ids[4], strs(&["daily"])),
-            (ids[5], strs(&["last", "daily"]))
-        ],
+        vec![(ids[2], strs(&["daily"])), (ids[4], strs(&["daily"])), (ids[5], strs(&["last", "daily"]))],
         "newest of each of the last 3 days with snapshots, plus the newest"
     );
     let mut left = repo.snapshot_ids().unwrap();
@@ -1148,19 +904,9 @@ fn forget_keeps_last_and_daily_then_prune_shrinks_and_keeps_the_rest() {
     let report = prune(&repo, &PruneOptions::default()).unwrap();
     let after = stored_bytes(&*mem);
     // Three forgotten versions of unique.bin (600 KiB of random bytes each) are gone.
-    assert!(
-        before - after > 1 << 20,
-        "prune freed only {} bytes: {report:?}",
-        before - after
-    );
-    assert!(
-        report.blobs_removed > 0 && report.bytes_freed > 0,
-        "{report:?}"
-    );
-    assert!(
-        mem.is_synced(),
-        "prune returned before its deletions were durable"
-    );
+    assert!(before - after > 1 << 20, "prune freed only {} bytes: {report:?}", before - after);
+    assert!(report.blobs_removed > 0 && report.bytes_freed > 0, "{report:?}");
+    assert!(mem.is_synced(), "prune returned before its deletions were durable");
     for i in [2, 4, 5] {
         assert_restores_to(&repo, &ids[i], &states[i]);
     }
@@ -1172,12 +918,7 @@ fn forget_keeps_last_and_daily_then_prune_shrinks_and_keeps_the_rest() {
     // Nothing left to remove.
     let again = prune(&repo, &PruneOptions::default()).unwrap();
     assert_eq!(
-        (
-            again.blobs_removed,
-            again.packs_deleted,
-            again.packs_repacked,
-            again.orphans_deleted
-        ),
+        (again.blobs_removed, again.packs_deleted, again.packs_repacked, again.orphans_deleted),
         (0, 0, 0, 0),
         "{again:?}"
     );
@@ -1192,17 +933,10 @@ fn repair_index_rebuilds_deleted_index_files_from_the_packs() {
         mem.remove(&name);
     }
     let repo = open(mem.clone());
-    assert!(
-        !check(&repo, false).unwrap().ok(),
-        "check must notice the missing index"
-    );
+    assert!(!check(&repo, false).unwrap().ok(), "check must notice the missing index");
     assert!(try_restore(&repo, &d.snaps[0], tempdir().path()).is_err());
     let report = repair_index(&repo).unwrap();
-    assert_eq!(
-        (report.packs, report.unreadable.len()),
-        (packs, 0),
-        "{report:?}"
-    );
+    assert_eq!((report.packs, report.unreadable.len()), (packs, 0), "{report:?}");
     for (s, state) in d.snaps.iter().zip(&d.states) {
         assert_restores_to(&repo, s, state);
     }
@@ -1252,10 +986,7 @@ fn prune_refuses_when_snapshots_reference_data_the_index_has_lost() {
         let repo = open(m.clone());
         let names = m.names();
         let result = prune(&repo, &PruneOptions::default());
-        assert!(
-            result.is_err(),
-            "{damage}: prune ran although the index misses live data: {result:?}"
-        );
+        assert!(result.is_err(), "{damage}: prune ran although the index misses live data: {result:?}");
         assert_eq!(m.names(), names, "{damage}: prune deleted objects");
         // Once the index is repaired, prune runs (in a new session: the old one still
         // remembers the unreadable file) and the snapshot is whole.

@@ -47,10 +47,7 @@ fn show(rel: &Path) -> String {
 }
 
 fn differ(rel: &Path, what: &str, a: impl std::fmt::Debug, b: impl std::fmt::Debug) -> ! {
-    panic!(
-        "trees differ at {}: {what}: {a:?} (first tree) vs {b:?} (second tree)",
-        show(rel)
-    )
+    panic!("trees differ at {}: {what}: {a:?} (first tree) vs {b:?} (second tree)", show(rel))
 }
 
 fn compare(a: &Path, b: &Path, rel: &Path, links: &mut Links) {
@@ -62,27 +59,14 @@ fn compare(a: &Path, b: &Path, rel: &Path, links: &mut Links) {
         differ(rel, "special files are not part of a backup", a, b);
     }
     if ma.mode() & 0o7777 != mb.mode() & 0o7777 {
-        differ(
-            rel,
-            "permission bits",
-            format!("{:o}", ma.mode() & 0o7777),
-            format!("{:o}", mb.mode() & 0o7777),
-        );
+        differ(rel, "permission bits", format!("{:o}", ma.mode() & 0o7777), format!("{:o}", mb.mode() & 0o7777));
     }
     if (ma.mtime(), ma.mtime_nsec()) != (mb.mtime(), mb.mtime_nsec()) {
-        differ(
-            rel,
-            "mtime (s, ns)",
-            (ma.mtime(), ma.mtime_nsec()),
-            (mb.mtime(), mb.mtime_nsec()),
-        );
+        differ(rel, "mtime (s, ns)", (ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()));
     }
     let t = ma.file_type();
     if t.is_symlink() {
-        let (ta, tb) = (
-            std::fs::read_link(a).unwrap(),
-            std::fs::read_link(b).unwrap(),
-        );
+        let (ta, tb) = (std::fs::read_link(a).unwrap(), std::fs::read_link(b).unwrap());
         if ta != tb {
             differ(rel, "symlink target", ta, tb);
         }
@@ -92,39 +76,19 @@ fn compare(a: &Path, b: &Path, rel: &Path, links: &mut Links) {
         }
         compare_bytes(a, b, rel);
         // Hard links: the first path (in walk order) of each inode must be the same in both.
-        let first_a = links
-            .0
-            .entry((ma.dev(), ma.ino()))
-            .or_insert_with(|| rel.to_path_buf())
-            .clone();
-        let first_b = links
-            .1
-            .entry((mb.dev(), mb.ino()))
-            .or_insert_with(|| rel.to_path_buf())
-            .clone();
+        let first_a = links.0.entry((ma.dev(), ma.ino())).or_insert_with(|| rel.to_path_buf()).clone();
+        let first_b = links.1.entry((mb.dev(), mb.ino())).or_insert_with(|| rel.to_path_buf()).clone();
         if first_a != first_b {
-            differ(
-                rel,
-                "hard-link structure (first name of this inode)",
-                show(&first_a),
-                show(&first_b),
-            );
+            differ(rel, "hard-link structure (first name of this inode)", show(&first_a), show(&first_b));
         }
     } else if t.is_dir() {
         let (la, lb) = (list(a), list(b));
-        let (na, nb): (Vec<&[u8]>, Vec<&[u8]>) = (
-            la.iter().map(|n| n.as_bytes()).collect(),
-            lb.iter().map(|n| n.as_bytes()).collect(),
-        );
+        let (na, nb): (Vec<&[u8]>, Vec<&[u8]>) =
+            (la.iter().map(|n| n.as_bytes()).collect(), lb.iter().map(|n| n.as_bytes()).collect());
         if na != nb {
             let only_a: Vec<_> = la.iter().filter(|n| !lb.contains(n)).collect();
             let only_b: Vec<_> = lb.iter().filter(|n| !la.contains(n)).collect();
-            differ(
-                rel,
-                "directory entries (only in first, only in second)",
-                only_a,
-                only_b,
-            );
+            differ(rel, "directory entries (only in first, only in second)", only_a, only_b);
         }
         for name in &la {
             compare(&a.join(name), &b.join(name), &rel.join(name), links);
@@ -135,10 +99,7 @@ fn compare(a: &Path, b: &Path, rel: &Path, links: &mut Links) {
 fn list(dir: &Path) -> Vec<std::ffi::OsString> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|d| {
-            d.unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-                .file_name()
-        })
+        .map(|d| d.unwrap_or_else(|e| panic!("{}: {e}", dir.display())).file_name())
         .collect();
     names.sort_by(|x, y| x.as_bytes().cmp(y.as_bytes()));
     names
@@ -153,17 +114,8 @@ fn compare_bytes(a: &Path, b: &Path, rel: &Path) {
         let na = read_full(&mut fa, &mut ba, a);
         let nb = read_full(&mut fb, &mut bb, b);
         if ba[..na] != bb[..nb] {
-            let i = ba[..na]
-                .iter()
-                .zip(&bb[..nb])
-                .position(|(x, y)| x != y)
-                .unwrap_or(na.min(nb));
-            differ(
-                rel,
-                &format!("file contents at byte {}", offset + i as u64),
-                ba.get(i),
-                bb.get(i),
-            );
+            let i = ba[..na].iter().zip(&bb[..nb]).position(|(x, y)| x != y).unwrap_or(na.min(nb));
+            differ(rel, &format!("file contents at byte {}", offset + i as u64), ba.get(i), bb.get(i));
         }
         if na == 0 {
             return;
@@ -189,11 +141,7 @@ fn read_full(f: &mut File, buf: &mut [u8], p: &Path) -> usize {
 /// keep the state it backed up while it changes the original. `to` must not exist; its parent
 /// is created if missing.
 pub fn copy_tree(from: &Path, to: &Path) {
-    assert!(
-        std::fs::symlink_metadata(to).is_err(),
-        "copy_tree: {} already exists",
-        to.display()
-    );
+    assert!(std::fs::symlink_metadata(to).is_err(), "copy_tree: {} already exists", to.display());
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{}: {e}", parent.display()));
     }
@@ -204,12 +152,7 @@ pub fn copy_tree(from: &Path, to: &Path) {
         .arg(to)
         .status()
         .unwrap_or_else(|e| panic!("running cp -a: {e}"));
-    assert!(
-        status.success(),
-        "cp -a {} {} failed: {status}",
-        from.display(),
-        to.display()
-    );
+    assert!(status.success(), "cp -a {} {} failed: {status}", from.display(), to.display());
 }
 
 #[cfg(test)]
@@ -228,11 +171,7 @@ mod tests {
         change(&b);
         std::panic::catch_unwind(|| assert_trees_equal(&a, &b))
             .err()
-            .map(|e| {
-                e.downcast_ref::<String>()
-                    .cloned()
-                    .unwrap_or_else(|| "(non-string panic)".into())
-            })
+            .map(|e| e.downcast_ref::<String>().cloned().unwrap_or_else(|| "(non-string panic)".into()))
     }
 
     /// Runs `f`, then puts back the mtime of `p`'s directory (which adding or removing an
@@ -246,10 +185,7 @@ mod tests {
 
     fn assert_caught(msg: Option<String>, what: &str, path: &str) {
         let msg = msg.unwrap_or_else(|| panic!("a difference in {what} went unnoticed"));
-        assert!(
-            msg.contains(what) && msg.contains(path),
-            "message {msg:?} should name {what:?} and {path:?}"
-        );
+        assert!(msg.contains(what) && msg.contains(path), "message {msg:?} should name {what:?} and {path:?}");
     }
 
     #[test]
@@ -277,10 +213,7 @@ mod tests {
             "small.txt",
         );
         assert_caught(
-            diff_after(|b| {
-                std::fs::set_permissions(b.join("perms/setuid"), Permissions::from_mode(0o755))
-                    .unwrap()
-            }),
+            diff_after(|b| std::fs::set_permissions(b.join("perms/setuid"), Permissions::from_mode(0o755)).unwrap()),
             "permission bits",
             "setuid",
         );
@@ -315,9 +248,7 @@ mod tests {
         );
         assert_caught(
             diff_after(|b| {
-                keeping_dir_time(&b.join("names/extra"), || {
-                    std::fs::write(b.join("names/extra"), b"").unwrap()
-                })
+                keeping_dir_time(&b.join("names/extra"), || std::fs::write(b.join("names/extra"), b"").unwrap())
             }),
             "directory entries",
             "names",

@@ -45,29 +45,18 @@ impl FaultBackend {
 
     /// Fails every `put` once `n` puts have succeeded; deletes and syncs still work.
     pub fn fail_after(inner: Arc<dyn Backend>, n: usize) -> FaultBackend {
-        FaultBackend {
-            puts_allowed: n,
-            ..FaultBackend::new(inner)
-        }
+        FaultBackend { puts_allowed: n, ..FaultBackend::new(inner) }
     }
 
     /// Like [`FaultBackend::fail_after`], but the first refused `put` also crashes the process:
     /// every later write (`put`, `delete`, `sync`) fails too.
     pub fn crash_after_puts(inner: Arc<dyn Backend>, n: usize) -> FaultBackend {
-        FaultBackend {
-            puts_allowed: n,
-            crash_on_fault: true,
-            ..FaultBackend::new(inner)
-        }
+        FaultBackend { puts_allowed: n, crash_on_fault: true, ..FaultBackend::new(inner) }
     }
 
     /// The process dies after `n` write operations (`put`, `delete` or `sync`) succeeded.
     pub fn crash_after_writes(inner: Arc<dyn Backend>, n: usize) -> FaultBackend {
-        FaultBackend {
-            writes_allowed: n,
-            crash_on_fault: true,
-            ..FaultBackend::new(inner)
-        }
+        FaultBackend { writes_allowed: n, crash_on_fault: true, ..FaultBackend::new(inner) }
     }
 
     /// Every write fails from now on.
@@ -102,17 +91,13 @@ impl FaultBackend {
     /// Decides whether a write may proceed, counting it if so.
     fn admit(&self, op: &str, name: &str, is_put: bool) -> Result<()> {
         let mut c = self.lock();
-        let refuse =
-            c.crashed || c.writes >= self.writes_allowed || (is_put && c.puts >= self.puts_allowed);
+        let refuse = c.crashed || c.writes >= self.writes_allowed || (is_put && c.puts >= self.puts_allowed);
         if refuse {
             c.faults += 1;
             if self.crash_on_fault {
                 c.crashed = true;
             }
-            return Err(Error::Backend {
-                object: name.to_string(),
-                message: format!("injected fault: {op} refused"),
-            });
+            return Err(Error::Backend { object: name.to_string(), message: format!("injected fault: {op} refused") });
         }
         c.writes += 1;
         if is_put {
@@ -163,10 +148,7 @@ mod tests {
         for n in ["a/1", "a/2"] {
             f.put(n, Bytes::new()).unwrap();
         }
-        assert!(matches!(
-            f.put("a/3", Bytes::new()),
-            Err(Error::Backend { .. })
-        ));
+        assert!(matches!(f.put("a/3", Bytes::new()), Err(Error::Backend { .. })));
         assert!(f.sync().is_ok() && f.delete("a/1").is_ok());
         assert_eq!((f.puts(), f.faults()), (2, 1));
         assert_eq!(mem.names(), vec!["a/2".to_string()]);

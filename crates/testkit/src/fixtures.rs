@@ -21,9 +21,7 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// so content-defined chunking still finds boundaries).
 pub fn compressible_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let words = [
-        "backup", "vault", "chunk", "pack", "index", "snapshot", "restore", "prune", "ok", "error",
-    ];
+    let words = ["backup", "vault", "chunk", "pack", "index", "snapshot", "restore", "prune", "ok", "error"];
     let mut out = Vec::with_capacity(len + 128);
     let mut line = 0u64;
     while out.len() < len {
@@ -31,13 +29,7 @@ pub fn compressible_bytes(seed: u64, len: usize) -> Vec<u8> {
         let w1 = words[(rng.next_u32() % 10) as usize];
         let w2 = words[(rng.next_u32() % 10) as usize];
         let n = rng.next_u32() % 100_000;
-        out.extend_from_slice(
-            format!(
-                "{line:08} 2026-01-01T00:00:{:02}Z {w1} {w2} value={n}\n",
-                line % 60
-            )
-            .as_bytes(),
-        );
+        out.extend_from_slice(format!("{line:08} 2026-01-01T00:00:{:02}Z {w1} {w2} value={n}\n", line % 60).as_bytes());
     }
     out.truncate(len);
     out
@@ -51,19 +43,13 @@ fn time_at(secs: u64, nanos: u32) -> SystemTime {
 /// component), with nanoseconds.
 pub fn set_mtime(path: &Path, secs: i64, nanos: u32) {
     let t = filetime::FileTime::from_unix_time(secs, nanos);
-    filetime::set_symlink_file_times(path, t, t)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    filetime::set_symlink_file_times(path, t, t).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
 fn write(path: &Path, data: &[u8], mode: u32, secs: u64, nanos: u32) {
     std::fs::write(path, data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let f = File::options().write(true).open(path).unwrap();
-    f.set_times(
-        FileTimes::new()
-            .set_accessed(time_at(secs, nanos))
-            .set_modified(time_at(secs, nanos)),
-    )
-    .unwrap();
+    f.set_times(FileTimes::new().set_accessed(time_at(secs, nanos)).set_modified(time_at(secs, nanos))).unwrap();
     f.set_permissions(Permissions::from_mode(mode)).unwrap();
 }
 
@@ -72,8 +58,7 @@ fn mkdir(path: &Path) {
 }
 
 fn symlink(target: &[u8], at: &Path) {
-    std::os::unix::fs::symlink(OsStr::from_bytes(target), at)
-        .unwrap_or_else(|e| panic!("{}: {e}", at.display()));
+    std::os::unix::fs::symlink(OsStr::from_bytes(target), at).unwrap_or_else(|e| panic!("{}: {e}", at.display()));
 }
 
 /// [`make_tree_seeded`] with a fixed seed.
@@ -91,44 +76,14 @@ pub fn make_tree_seeded(dir: &Path, seed: u64) {
     let base = 1_600_000_000 + (seed % 1000) * 86_400;
     mkdir(dir);
     write(&dir.join("empty.txt"), b"", 0o644, base, 0);
-    write(
-        &dir.join("small.txt"),
-        b"hello, vault\n",
-        0o644,
-        base + 1,
-        123_456_789,
-    );
-    write(
-        &dir.join("random.bin"),
-        &random_bytes(s + 1, 2 << 20),
-        0o644,
-        base + 2,
-        1,
-    );
-    write(
-        &dir.join("app.log"),
-        &compressible_bytes(s + 2, 1 << 20),
-        0o640,
-        base + 3,
-        999_999_999,
-    );
+    write(&dir.join("small.txt"), b"hello, vault\n", 0o644, base + 1, 123_456_789);
+    write(&dir.join("random.bin"), &random_bytes(s + 1, 2 << 20), 0o644, base + 2, 1);
+    write(&dir.join("app.log"), &compressible_bytes(s + 2, 1 << 20), 0o640, base + 3, 999_999_999);
 
     let deep = dir.join("nested/a/b/c");
     mkdir(&deep);
-    write(
-        &deep.join("deep.txt"),
-        b"four levels down\n",
-        0o600,
-        base + 4,
-        42,
-    );
-    write(
-        &dir.join("nested/a/sibling.dat"),
-        &random_bytes(s + 3, 200 << 10),
-        0o644,
-        base + 5,
-        5,
-    );
+    write(&deep.join("deep.txt"), b"four levels down\n", 0o600, base + 4, 42);
+    write(&dir.join("nested/a/sibling.dat"), &random_bytes(s + 3, 200 << 10), 0o644, base + 5, 5);
     mkdir(&dir.join("nested/empty-dir"));
 
     let links = dir.join("links");
@@ -138,83 +93,30 @@ pub fn make_tree_seeded(dir: &Path, seed: u64) {
     symlink(b"/etc/hostname", &links.join("absolute"));
     symlink(b"\xff\xfe-target", &links.join("non-utf8-target"));
     symlink(b"../nested", &links.join("to-dir"));
-    for (i, name) in [
-        "to-small",
-        "dangling",
-        "absolute",
-        "non-utf8-target",
-        "to-dir",
-    ]
-    .iter()
-    .enumerate()
-    {
-        set_mtime(
-            &links.join(name),
-            (base + 10 + i as u64) as i64,
-            7_000 + i as u32,
-        );
+    for (i, name) in ["to-small", "dangling", "absolute", "non-utf8-target", "to-dir"].iter().enumerate() {
+        set_mtime(&links.join(name), (base + 10 + i as u64) as i64, 7_000 + i as u32);
     }
 
     let hard = dir.join("hard");
     mkdir(&hard);
-    write(
-        &hard.join("one.dat"),
-        &random_bytes(s + 4, 64 << 10),
-        0o644,
-        base + 20,
-        20,
-    );
+    write(&hard.join("one.dat"), &random_bytes(s + 4, 64 << 10), 0o644, base + 20, 20);
     std::fs::hard_link(hard.join("one.dat"), hard.join("two.dat")).unwrap();
     mkdir(&dir.join("nested/a/b/other-link-dir"));
-    std::fs::hard_link(
-        hard.join("one.dat"),
-        dir.join("nested/a/b/other-link-dir/three.dat"),
-    )
-    .unwrap();
+    std::fs::hard_link(hard.join("one.dat"), dir.join("nested/a/b/other-link-dir/three.dat")).unwrap();
 
     let names = dir.join("names");
     mkdir(&names);
-    write(
-        &names.join(OsStr::from_bytes(b"caf\xe9-latin1.txt")),
-        b"non-UTF-8 name\n",
-        0o644,
-        base + 30,
-        30,
-    );
-    write(
-        &names.join("with space and\nnewline.txt"),
-        b"odd name\n",
-        0o644,
-        base + 31,
-        31,
-    );
-    write(
-        &names.join("ünïcødé-名前.txt"),
-        b"unicode name\n",
-        0o644,
-        base + 32,
-        32,
-    );
-    write(
-        &names.join("-starts-with-dash"),
-        b"dash\n",
-        0o644,
-        base + 33,
-        33,
-    );
+    write(&names.join(OsStr::from_bytes(b"caf\xe9-latin1.txt")), b"non-UTF-8 name\n", 0o644, base + 30, 30);
+    write(&names.join("with space and\nnewline.txt"), b"odd name\n", 0o644, base + 31, 31);
+    write(&names.join("ünïcødé-名前.txt"), b"unicode name\n", 0o644, base + 32, 32);
+    write(&names.join("-starts-with-dash"), b"dash\n", 0o644, base + 33, 33);
     write(&names.join(".hidden"), b"hidden\n", 0o644, base + 34, 34);
 
     let perms = dir.join("perms");
     mkdir(&perms);
     write(&perms.join("setuid"), b"#!/bin/sh\n", 0o4755, base + 40, 40);
     write(&perms.join("setgid"), b"#!/bin/sh\n", 0o2750, base + 41, 41);
-    write(
-        &perms.join("readonly"),
-        b"read only\n",
-        0o444,
-        base + 42,
-        42,
-    );
+    write(&perms.join("readonly"), b"read only\n", 0o444, base + 42, 42);
     write(&perms.join("owner-only"), b"secret\n", 0o400, base + 43, 43);
     write(&perms.join("everyone"), b"open\n", 0o777, base + 44, 44);
     let sticky = perms.join("sticky-dir");
@@ -243,11 +145,7 @@ pub fn make_tree_seeded(dir: &Path, seed: u64) {
         "",
     ];
     for (i, d) in dirs.iter().enumerate() {
-        set_mtime(
-            &dir.join(d),
-            (base + 100 + i as u64) as i64,
-            100_000_000 + i as u32,
-        );
+        set_mtime(&dir.join(d), (base + 100 + i as u64) as i64, 100_000_000 + i as u32);
     }
 }
 
@@ -262,15 +160,8 @@ pub fn make_sparse_image(path: &Path, size: u64, data_ranges: &[Range<u64>]) {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     f.set_len(size).unwrap();
     for r in data_ranges {
-        assert!(
-            r.start < r.end && r.end <= size,
-            "range {r:?} outside a {size}-byte image"
-        );
-        f.write_all_at(
-            &random_bytes(r.start ^ 0x5eed, (r.end - r.start) as usize),
-            r.start,
-        )
-        .unwrap();
+        assert!(r.start < r.end && r.end <= size, "range {r:?} outside a {size}-byte image");
+        f.write_all_at(&random_bytes(r.start ^ 0x5eed, (r.end - r.start) as usize), r.start).unwrap();
     }
     f.sync_all().unwrap();
 }
@@ -289,28 +180,11 @@ mod tests {
         crate::assert_trees_equal(&t.join("a"), &t.join("b"));
         let m = std::fs::symlink_metadata(t.join("a/hard/two.dat")).unwrap();
         assert_eq!(m.nlink(), 3);
-        assert_eq!(
-            std::fs::symlink_metadata(t.join("a/perms/setuid"))
-                .unwrap()
-                .mode()
-                & 0o7777,
-            0o4755
-        );
-        assert!(std::fs::symlink_metadata(t.join("a/links/dangling"))
-            .unwrap()
-            .file_type()
-            .is_symlink());
-        assert_eq!(
-            std::fs::symlink_metadata(t.join("a/small.txt"))
-                .unwrap()
-                .mtime_nsec(),
-            123_456_789
-        );
+        assert_eq!(std::fs::symlink_metadata(t.join("a/perms/setuid")).unwrap().mode() & 0o7777, 0o4755);
+        assert!(std::fs::symlink_metadata(t.join("a/links/dangling")).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::symlink_metadata(t.join("a/small.txt")).unwrap().mtime_nsec(), 123_456_789);
         make_tree_seeded(&t.join("c"), 2);
-        assert_ne!(
-            std::fs::read(t.join("a/random.bin")).unwrap(),
-            std::fs::read(t.join("c/random.bin")).unwrap()
-        );
+        assert_ne!(std::fs::read(t.join("a/random.bin")).unwrap(), std::fs::read(t.join("c/random.bin")).unwrap());
     }
 
     #[test]

@@ -18,9 +18,7 @@ mod mem;
 
 pub use compare::{assert_trees_equal, copy_tree};
 pub use fault::FaultBackend;
-pub use fixtures::{
-    compressible_bytes, make_sparse_image, make_tree, make_tree_seeded, random_bytes, set_mtime,
-};
+pub use fixtures::{compressible_bytes, make_sparse_image, make_tree, make_tree_seeded, random_bytes, set_mtime};
 pub use mem::MemBackend;
 
 use rand::SeedableRng;

@@ -36,9 +36,7 @@ impl MemBackend {
     }
 
     fn with_state(state: State) -> MemBackend {
-        MemBackend {
-            state: Mutex::new(state),
-        }
+        MemBackend { state: Mutex::new(state) }
     }
 
     /// What survives a power cut now: a new store holding only the durable state.
@@ -51,8 +49,7 @@ impl MemBackend {
     pub fn crash_keeping(&self, keep: impl Fn(&str) -> bool) -> MemBackend {
         let s = self.lock();
         let mut out = s.durable.clone();
-        let names: std::collections::BTreeSet<&String> =
-            s.visible.keys().chain(s.durable.keys()).collect();
+        let names: std::collections::BTreeSet<&String> = s.visible.keys().chain(s.durable.keys()).collect();
         for name in names.into_iter().filter(|n| keep(n)) {
             match s.visible.get(name) {
                 Some(v) => {
@@ -63,10 +60,7 @@ impl MemBackend {
                 }
             }
         }
-        MemBackend::with_state(State {
-            visible: out.clone(),
-            durable: out,
-        })
+        MemBackend::with_state(State { visible: out.clone(), durable: out })
     }
 
     /// An independent copy of the store as it is (what a process crash leaves: every write
@@ -89,12 +83,7 @@ impl MemBackend {
     /// Names of visible objects below `prefix/`, sorted.
     pub fn names_under(&self, prefix: &str) -> Vec<String> {
         let p = format!("{prefix}/");
-        self.lock()
-            .visible
-            .keys()
-            .filter(|n| n.starts_with(&p))
-            .cloned()
-            .collect()
+        self.lock().visible.keys().filter(|n| n.starts_with(&p)).cloned().collect()
     }
 
     /// Total size of all visible objects.
@@ -126,15 +115,8 @@ impl MemBackend {
     pub fn flip_bit(&self, name: &str, byte_offset: usize, bit: u8) {
         assert!(bit < 8, "bit must be 0 to 7");
         let mut s = self.lock();
-        let old = s
-            .visible
-            .get(name)
-            .unwrap_or_else(|| panic!("flip_bit: no object {name}"));
-        assert!(
-            byte_offset < old.len(),
-            "flip_bit: {name} has {} bytes, offset {byte_offset}",
-            old.len()
-        );
+        let old = s.visible.get(name).unwrap_or_else(|| panic!("flip_bit: no object {name}"));
+        assert!(byte_offset < old.len(), "flip_bit: {name} has {} bytes, offset {byte_offset}", old.len());
         let mut v = old.to_vec();
         v[byte_offset] ^= 1 << bit;
         let v = Bytes::from(v);
@@ -144,10 +126,7 @@ impl MemBackend {
 }
 
 fn range_err(name: &str, range: &Range<u64>, len: u64) -> Error {
-    Error::Backend {
-        object: name.to_string(),
-        message: format!("invalid range {range:?} of a {len}-byte object"),
-    }
+    Error::Backend { object: name.to_string(), message: format!("invalid range {range:?} of a {len}-byte object") }
 }
 
 impl Backend for MemBackend {
@@ -157,11 +136,7 @@ impl Backend for MemBackend {
     }
 
     fn get(&self, name: &str) -> Result<Bytes> {
-        self.lock()
-            .visible
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(name.to_string()))
+        self.lock().visible.get(name).cloned().ok_or_else(|| Error::NotFound(name.to_string()))
     }
 
     /// Same rules as `object_store`: an empty or inverted range, or one starting at or past
