@@ -15,6 +15,7 @@ mod compare;
 mod fault;
 mod fixtures;
 mod mem;
+pub mod softkey;
 
 pub use compare::{assert_trees_equal, copy_tree};
 pub use fault::FaultBackend;

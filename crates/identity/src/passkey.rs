@@ -1,0 +1,258 @@
+//! WebAuthn ceremonies with Strongroom's policy: user verification always required,
+//! attestation always requested and its trust recorded (not used to reject, so a policy can
+//! later tell hardware from software keys), credential ids bounded, counters enforced.
+//!
+//! Built on `webauthn-rs-core`'s challenge builders (the plain passkey flow of `webauthn-rs`
+//! asks for no attestation). The library does not stop a replayed finish: callers store the
+//! ceremony state server-side and consume it exactly once.
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+use uuid::Uuid;
+use webauthn_rs_core::error::WebauthnError;
+use webauthn_rs_core::proto::{
+    AttestationCaList, AttestationConveyancePreference, AuthenticationState, CreationChallengeResponse, Credential,
+    PublicKeyCredential, RegisterPublicKeyCredential, RegistrationState, RequestChallengeResponse,
+    UserVerificationPolicy,
+};
+use webauthn_rs_core::WebauthnCore;
+
+use crate::error::IdentityError;
+
+/// WebAuthn's limit on credential id length (Level 3, §5.1).
+pub const MAX_CREDENTIAL_ID: usize = 1023;
+
+/// The relying party: our origin and the attestation roots we trust.
+pub struct RelyingParty {
+    core: WebauthnCore,
+    trusted: AttestationCaList,
+    rp_id: String,
+    origin: Url,
+}
+
+/// A newly registered credential with everything the device attestation log records.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegisteredCredential {
+    /// The credential as `webauthn-rs-core` needs it for later assertions.
+    pub credential: Credential,
+    /// Credential id, base64url without padding.
+    pub id: String,
+    /// The authenticator model's AAGUID (all zeros when the authenticator does not say).
+    pub aaguid: Uuid,
+    /// Attestation statement format (`packed`, `tpm`, `none`, …).
+    pub attestation_format: String,
+    /// True if and only if the attestation chain verified against a configured trusted root.
+    pub attestation_trusted: bool,
+    /// Backup-eligible flag (a syncable passkey).
+    pub backup_eligible: bool,
+    /// Backup-state flag (currently synced).
+    pub backup_state: bool,
+    /// Transports the authenticator reported.
+    pub transports: Vec<String>,
+}
+
+/// A verified assertion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedAssertion {
+    /// Credential id, base64url.
+    pub credential_id: String,
+    /// The new signature counter (persist it).
+    pub counter: u32,
+    /// User verification happened.
+    pub user_verified: bool,
+    /// Backup-eligible flag in this assertion.
+    pub backup_eligible: bool,
+    /// Backup-state flag in this assertion.
+    pub backup_state: bool,
+}
+
+/// base64url without padding, the form credential ids take in JSON and in our database.
+pub fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn map_err(e: WebauthnError) -> IdentityError {
+    use WebauthnError as W;
+    match e {
+        W::UserNotVerified => IdentityError::UserNotVerified,
+        W::CredentialPossibleCompromise => IdentityError::CounterRegression,
+        W::CredentialNotFound => IdentityError::UnknownCredential,
+        W::MismatchedChallenge
+        | W::InvalidRPOrigin
+        | W::InvalidRPIDHash
+        | W::InvalidClientDataType
+        | W::CredentialCrossOrigin => IdentityError::Mismatch(e.to_string()),
+        W::AuthenticationFailure | W::SignatureInvalid | W::AttestationStatementSigInvalid => {
+            IdentityError::BadSignature(e.to_string())
+        }
+        other => IdentityError::Malformed(other.to_string()),
+    }
+}
+
+impl RelyingParty {
+    /// A relying party whose id is the host of `public_url` and whose only origin is it.
+    pub fn new(rp_name: &str, public_url: &Url, trusted: AttestationCaList) -> Result<RelyingParty, IdentityError> {
+        let rp_id = public_url
+            .host_str()
+            .ok_or_else(|| IdentityError::Config(format!("public URL {public_url} has no host")))?
+            .to_string();
+        if rp_id.parse::<std::net::IpAddr>().is_ok() {
+            return Err(IdentityError::Config(format!(
+                "public URL {public_url}: passkeys need a domain name (use http://localhost:PORT locally), not an IP address"
+            )));
+        }
+        let origin =
+            Url::parse(&public_url.origin().ascii_serialization()).map_err(|e| IdentityError::Config(e.to_string()))?;
+        let core = WebauthnCore::new_unsafe_experts_only(
+            rp_name,
+            &rp_id,
+            vec![origin.clone()],
+            std::time::Duration::from_secs(300),
+            Some(false),
+            Some(false),
+        );
+        Ok(RelyingParty { core, trusted, rp_id, origin })
+    }
+
+    /// The relying-party id (the host name).
+    pub fn rp_id(&self) -> &str {
+        &self.rp_id
+    }
+
+    /// The origin browsers must report.
+    pub fn origin(&self) -> &Url {
+        &self.origin
+    }
+
+    /// Options for creating a passkey: user verification required, attestation requested,
+    /// resident keys preferred, the user's existing credentials excluded.
+    pub fn start_registration(
+        &self,
+        user_id: &Uuid,
+        username: &str,
+        display_name: &str,
+        exclude: Vec<Vec<u8>>,
+    ) -> Result<(CreationChallengeResponse, RegistrationState), IdentityError> {
+        let builder = self
+            .core
+            .new_challenge_register_builder(user_id.as_bytes(), username, display_name)
+            .map_err(map_err)?
+            .attestation(AttestationConveyancePreference::Direct)
+            .user_verification_policy(UserVerificationPolicy::Required)
+            .require_resident_key(false)
+            .reject_synchronised_authenticators(false)
+            .exclude_credentials(Some(exclude));
+        let (mut ccr, state) = self.core.generate_challenge_register(builder).map_err(map_err)?;
+        // Ask for a discoverable credential without demanding one (authenticators that cannot
+        // store one still enroll).
+        if let Some(sel) = ccr.public_key.authenticator_selection.as_mut() {
+            sel.resident_key = Some(webauthn_rs_proto::ResidentKeyRequirement::Preferred);
+        }
+        Ok((ccr, state))
+    }
+
+    /// Verifies a registration response and extracts what the attestation log records.
+    pub fn finish_registration(
+        &self,
+        reg: &RegisterPublicKeyCredential,
+        state: &RegistrationState,
+    ) -> Result<RegisteredCredential, IdentityError> {
+        if reg.raw_id.len() > MAX_CREDENTIAL_ID {
+            return Err(IdentityError::CredentialIdTooLong);
+        }
+        let credential = self.core.register_credential(reg, state, None).map_err(map_err)?;
+        if credential.cred_id.len() > MAX_CREDENTIAL_ID {
+            return Err(IdentityError::CredentialIdTooLong);
+        }
+        let aaguid = aaguid_of(&reg.response.attestation_object).unwrap_or(Uuid::nil());
+        let attestation_trusted =
+            !self.trusted.is_empty() && matches!(credential.verify_attestation(&self.trusted), Ok(Some(_)));
+        let attestation_format = serde_json::to_value(&credential.attestation_format)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "unknown".into());
+        let transports = credential
+            .transports
+            .iter()
+            .flatten()
+            .filter_map(|t| serde_json::to_value(t).ok().and_then(|v| v.as_str().map(str::to_string)))
+            .collect();
+        Ok(RegisteredCredential {
+            id: b64url(&credential.cred_id),
+            aaguid,
+            attestation_format,
+            attestation_trusted,
+            backup_eligible: credential.backup_eligible,
+            backup_state: credential.backup_state,
+            transports,
+            credential,
+        })
+    }
+
+    /// Options for an assertion by one of `credentials` (empty: any discoverable credential
+    /// of this relying party), user verification required.
+    pub fn start_authentication(
+        &self,
+        credentials: Vec<Credential>,
+    ) -> Result<(RequestChallengeResponse, AuthenticationState), IdentityError> {
+        let builder = self
+            .core
+            .new_challenge_authenticate_builder(credentials, Some(UserVerificationPolicy::Required))
+            .map_err(map_err)?
+            .allow_backup_eligible_upgrade(false);
+        self.core.generate_challenge_authenticate(builder).map_err(map_err)
+    }
+
+    /// Verifies an assertion made with `credential` against the ceremony `state`; the
+    /// counter must increase (a regression means a cloned authenticator).
+    pub fn finish_authentication(
+        &self,
+        pkc: &PublicKeyCredential,
+        state: &AuthenticationState,
+        credential: &Credential,
+    ) -> Result<VerifiedAssertion, IdentityError> {
+        if pkc.raw_id.len() > MAX_CREDENTIAL_ID {
+            return Err(IdentityError::CredentialIdTooLong);
+        }
+        if pkc.raw_id != credential.cred_id {
+            return Err(IdentityError::UnknownCredential);
+        }
+        let r = self.core.authenticate_single_credential(pkc, state, credential).map_err(map_err)?;
+        // The library compares with the counter captured when the ceremony started; compare
+        // with the stored one too, in case another sign-in raced this one.
+        if (r.counter() > 0 || credential.counter > 0) && r.counter() <= credential.counter {
+            return Err(IdentityError::CounterRegression);
+        }
+        if !r.user_verified() {
+            return Err(IdentityError::UserNotVerified);
+        }
+        Ok(VerifiedAssertion {
+            credential_id: b64url(r.cred_id()),
+            counter: r.counter(),
+            user_verified: r.user_verified(),
+            backup_eligible: r.backup_eligible(),
+            backup_state: r.backup_state(),
+        })
+    }
+}
+
+/// The user handle of a discoverable assertion, as our 16-byte user ids.
+pub fn user_handle(pkc: &PublicKeyCredential) -> Option<Uuid> {
+    pkc.get_user_unique_id().and_then(|h| Uuid::from_slice(h).ok())
+}
+
+/// Reads the AAGUID from an attestation object (CBOR map; `authData` bytes 37..53).
+fn aaguid_of(attestation_object: &[u8]) -> Option<Uuid> {
+    let value: serde_cbor_2::Value = serde_cbor_2::from_slice(attestation_object).ok()?;
+    let serde_cbor_2::Value::Map(map) = value else { return None };
+    let auth_data = map.iter().find_map(|(k, v)| match (k, v) {
+        (serde_cbor_2::Value::Text(t), serde_cbor_2::Value::Bytes(b)) if t == "authData" => Some(b),
+        _ => None,
+    })?;
+    // Attested credential data present (flag AT, bit 6).
+    if auth_data.len() < 53 || auth_data[32] & 0x40 == 0 {
+        return None;
+    }
+    Uuid::from_slice(&auth_data[37..53]).ok()
+}

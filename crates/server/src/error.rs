@@ -1,0 +1,124 @@
+//! The one API error type: stable string codes, mapped to HTTP status in one place, with no
+//! internals in the body (details go to the server log).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use identity::IdentityError;
+
+/// Every error a client can cause or see.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The request body or parameters are malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No valid credentials: missing, expired, forged or revoked token or session.
+    #[error("authentication required")]
+    Unauthenticated,
+    /// Authenticated but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The enrollment or invite link is unknown, used or expired.
+    #[error("this enrollment link is invalid, already used or expired")]
+    EnrollLinkInvalid,
+    /// The ceremony id is unknown, expired or already used.
+    #[error("this sign-in or enrollment attempt is unknown, expired or already used; start again")]
+    CeremonyInvalid,
+    /// A WebAuthn verification failed.
+    #[error("{0}")]
+    WebAuthn(#[from] IdentityError),
+    /// The credential id is already registered.
+    #[error("this passkey is already registered")]
+    CredentialExists,
+    /// Refused: the user's last credential cannot be revoked.
+    #[error("{0}")]
+    Conflict(String),
+    /// Not found.
+    #[error("{0}")]
+    NotFound(String),
+    /// The server failed; details are in its log.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The stable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "request.malformed",
+            ApiError::Unauthenticated => "auth.unauthenticated",
+            ApiError::Forbidden(_) => "auth.forbidden",
+            ApiError::EnrollLinkInvalid => "enroll.link_invalid",
+            ApiError::CeremonyInvalid => "webauthn.ceremony_invalid",
+            ApiError::WebAuthn(e) => match e {
+                IdentityError::UserNotVerified => "webauthn.user_not_verified",
+                IdentityError::CounterRegression => "webauthn.counter_regression",
+                IdentityError::Mismatch(_) => "webauthn.mismatch",
+                IdentityError::BadSignature(_) => "webauthn.bad_signature",
+                IdentityError::UnknownCredential => "webauthn.unknown_credential",
+                IdentityError::CredentialIdTooLong => "webauthn.credential_id_too_long",
+                IdentityError::Malformed(_) => "webauthn.malformed",
+                IdentityError::InvalidToken(_) => "auth.unauthenticated",
+                IdentityError::Config(_) => "server.internal",
+                _ => "webauthn.failed",
+            },
+            ApiError::CredentialExists => "credential.already_registered",
+            ApiError::Conflict(_) => "request.conflict",
+            ApiError::NotFound(_) => "request.not_found",
+            ApiError::Internal(_) => "server.internal",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::EnrollLinkInvalid => StatusCode::GONE,
+            ApiError::CeremonyInvalid => StatusCode::BAD_REQUEST,
+            ApiError::WebAuthn(e) => match e {
+                IdentityError::Malformed(_) | IdentityError::CredentialIdTooLong | IdentityError::Mismatch(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                IdentityError::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::UNAUTHORIZED,
+            },
+            ApiError::CredentialExists | ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            ApiError::Internal(_) | ApiError::WebAuthn(IdentityError::Config(_)) => "internal error".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<store::StoreError> for ApiError {
+    fn from(e: store::StoreError) -> Self {
+        match e {
+            store::StoreError::Conflict(m) => ApiError::Conflict(m),
+            store::StoreError::NotFound(m) => ApiError::NotFound(m),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, detail = ?self, "request failed");
+        } else {
+            tracing::info!(code = self.code(), "request refused");
+        }
+        let body = serde_json::json!({ "error": { "code": self.code(), "message": self.public_message() } });
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// Result alias for handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

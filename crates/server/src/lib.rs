@@ -1,0 +1,78 @@
+//! Strongroom's HTTP server: the router, start-up, and serving with graceful shutdown.
+//!
+//! Handlers are thin (extract, call `identity` and `store`, convert); one error type with
+//! stable codes ([`error::ApiError`]) is mapped to HTTP in one place.
+
+pub mod auth;
+pub mod error;
+pub mod pages;
+pub mod routes;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::{delete, get, patch, post};
+use axum::Router;
+
+pub use state::{open_state, AppState, Clock, ServerConfig, StartError};
+
+/// Largest request body accepted (WebAuthn responses are a few KiB).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The whole application; built once and tested without a socket or served with one.
+pub fn app(state: Arc<AppState>) -> Router {
+    use routes::*;
+    let api = Router::new()
+        .route("/enroll/{token}/start", post(enroll_start))
+        .route("/enroll/{token}/finish", post(enroll_finish))
+        .route("/auth/login/start", post(login_start))
+        .route("/auth/login/finish", post(login_finish))
+        .route("/auth/logout", post(logout))
+        .route("/me", get(me))
+        .route("/me/credentials", get(my_credentials))
+        .route("/me/credentials/add", post(add_credential_link))
+        .route("/me/credentials/{id}", patch(rename_credential))
+        .route("/me/credentials/{id}", delete(revoke_credential))
+        .route("/invites", post(invite))
+        .route("/oauth/device_authorization", post(device_authorization))
+        .route("/oauth/token", post(token))
+        .route("/device/approve/start", post(device_approve_start))
+        .route("/device/approve/finish", post(device_approve_finish))
+        .route("/device/deny", post(device_deny))
+        .fallback(not_found);
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/.well-known/openid-configuration", get(openid_configuration))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/healthz", get(healthz))
+        .route("/", get(pages::index))
+        .route("/login", get(pages::login_page))
+        .route("/enroll/{token}", get(pages::enroll_page))
+        .route("/device", get(pages::device_page))
+        .route("/credentials", get(pages::credentials_page))
+        .route("/assets/app.js", get(pages::app_js))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .with_state(state)
+}
+
+/// Creates the first Owner's enrollment link if there are no users and no open link yet;
+/// returns it so the caller can print it.
+pub async fn first_start_link(state: &AppState) -> Result<Option<String>, error::ApiError> {
+    if !state.store.list_users().await?.is_empty() {
+        return Ok(None);
+    }
+    let url = routes::create_enroll_link(state, "owner", "owner", None, None, "first-start").await?;
+    Ok(Some(url))
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}

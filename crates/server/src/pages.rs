@@ -1,0 +1,147 @@
+//! Server-rendered pages: plain HTML, one stylesheet inline, one script (`/assets/app.js`)
+//! served by the server itself (no CDN). Dynamic values are HTML-escaped.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use crate::auth::{cookie, live_session};
+use crate::state::{AppState, SESSION_COOKIE};
+
+const APP_JS: &str = include_str!("../assets/app.js");
+
+/// Escapes text for HTML content and attribute values.
+pub fn esc(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '&' => "&amp;".to_string(),
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '"' => "&quot;".to_string(),
+            '\'' => "&#39;".to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+fn page(title: &str, name: &str, data: &str, body: &str) -> Response {
+    let html = format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · Strongroom</title>
+<style>
+body{{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;line-height:1.5;color:#1b1b1b}}
+h1{{font-size:1.5rem}} button{{font-size:1rem;padding:.5rem 1rem;margin:.25rem 0;cursor:pointer}}
+input{{font-size:1rem;padding:.4rem;width:100%;max-width:20rem;box-sizing:border-box}}
+.status{{margin-top:1rem;min-height:1.5rem}} .error{{color:#a00000}} code{{font-size:1.2rem;letter-spacing:.1em}}
+:focus{{outline:3px solid #1a5fb4;outline-offset:2px}}
+</style></head>
+<body data-page="{name}" {data}><main><h1>{title}</h1>{body}<p id="status" class="status" role="status" aria-live="polite"></p></main>
+<script src="/assets/app.js"></script></body></html>"#
+    );
+    let mut r = Html(html).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+    );
+    r
+}
+
+/// `GET /assets/app.js`
+pub(crate) async fn app_js() -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], APP_JS).into_response()
+}
+
+/// `GET /enroll/{token}`
+pub(crate) async fn enroll_page(Path(token): Path<String>) -> Response {
+    page(
+        "Create your passkey",
+        "enroll",
+        &format!(r#"data-token="{}""#, esc(&token)),
+        r#"<p>This one-time link lets you create a passkey for Strongroom. Your authenticator will ask for your PIN or biometric.</p>
+<p><label for="cred-name">Name for this passkey (optional)</label><br><input id="cred-name" autocomplete="off"></p>
+<button id="create" type="button">Create passkey</button>
+<p id="after" hidden><a href="/login">Continue to sign in</a></p>"#,
+    )
+}
+
+/// `GET /login`
+pub(crate) async fn login_page() -> Response {
+    page(
+        "Sign in",
+        "login",
+        "",
+        r#"<p><label for="username">User name (optional with a discoverable passkey)</label><br>
+<input id="username" autocomplete="username webauthn"></p>
+<button id="signin" type="button">Sign in with a passkey</button>"#,
+    )
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DeviceQuery {
+    #[serde(default)]
+    user_code: String,
+}
+
+/// `GET /device`: approve a device login (sign in first).
+pub(crate) async fn device_page(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<DeviceQuery>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let signed_in = match cookie(&headers, SESSION_COOKIE) {
+        Some(t) => live_session(&state, &identity::codes::token_hash(t), state.clock.now()).await.is_ok(),
+        None => false,
+    };
+    let code: String = q.user_code.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(16).collect();
+    if !signed_in {
+        let next = format!("/device?user_code={code}");
+        return Redirect::to(&format!("/login?next={}", url_encode(&next))).into_response();
+    }
+    page(
+        "Approve a device login",
+        "device",
+        "",
+        &format!(
+            r#"<p>A command-line tool asks to sign in as you. Approve only if you started it and the code below matches the one it shows.</p>
+<p><label for="user-code">Code</label><br><input id="user-code" value="{}" autocomplete="off"></p>
+<button id="approve" type="button">Approve with passkey</button> <button id="deny" type="button">Deny</button>"#,
+            esc(&code)
+        ),
+    )
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `GET /credentials`
+pub(crate) async fn credentials_page(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    let signed_in = match cookie(&headers, SESSION_COOKIE) {
+        Some(t) => live_session(&state, &identity::codes::token_hash(t), state.clock.now()).await.is_ok(),
+        None => false,
+    };
+    if !signed_in {
+        return Redirect::to("/login?next=/credentials").into_response();
+    }
+    page(
+        "My passkeys",
+        "credentials",
+        "",
+        r#"<ul id="credentials" aria-label="Your passkeys"></ul>
+<button id="add" type="button">Add another passkey</button> <button id="logout" type="button">Sign out</button>"#,
+    )
+}
+
+/// `GET /`
+pub(crate) async fn index() -> Redirect {
+    Redirect::to("/credentials")
+}

@@ -1,0 +1,154 @@
+//! Server state and first start: the data directory, keys, and the shared handles every
+//! request uses. The server is one of the three places that read the clock; it does so through
+//! [`Clock`] so tests can move time.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use identity::proto::AttestationCaList;
+use identity::token::StoredKey;
+use identity::{RelyingParty, TokenSigner};
+use store::Store;
+use url::Url;
+
+/// Seconds a WebAuthn ceremony stays valid.
+pub const CEREMONY_SECONDS: i64 = 300;
+/// Seconds an enrollment link stays valid.
+pub const ENROLL_LINK_SECONDS: i64 = 3600;
+/// Lifetime of a browser session.
+pub const BROWSER_SESSION_SECONDS: i64 = 12 * 3600;
+/// Lifetime of a device (CLI) session and its refresh tokens.
+pub const DEVICE_SESSION_SECONDS: i64 = 30 * 24 * 3600;
+/// Lifetime of a device code.
+pub const DEVICE_CODE_SECONDS: i64 = 600;
+/// Minimum polling interval for device codes.
+pub const DEVICE_POLL_INTERVAL: i64 = 5;
+/// The audience of access tokens.
+pub const AUDIENCE: &str = "strongroom";
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "sr_session";
+
+/// The server's clock: real time plus an offset tests may move.
+#[derive(Clone, Default)]
+pub struct Clock(Arc<AtomicI64>);
+
+impl Clock {
+    /// Unix seconds now.
+    pub fn now(&self) -> i64 {
+        time::OffsetDateTime::now_utc().unix_timestamp() + self.0.load(Ordering::Relaxed)
+    }
+    /// Moves this clock forward (tests only use it).
+    pub fn advance(&self, seconds: i64) {
+        self.0.fetch_add(seconds, Ordering::Relaxed);
+    }
+}
+
+/// Settings of a server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where metadata, keys and data live.
+    pub data_dir: PathBuf,
+    /// The URL users reach the server at; the WebAuthn relying party comes from it.
+    pub public_url: Url,
+    /// PEM files of attestation roots whose authenticators count as hardware.
+    pub attestation_roots: Vec<PathBuf>,
+}
+
+/// Everything a request handler needs.
+pub struct AppState {
+    /// Metadata.
+    pub store: Store,
+    /// WebAuthn relying party.
+    pub rp: RelyingParty,
+    /// Token signer.
+    pub signer: TokenSigner,
+    /// The public URL (no trailing slash in links we print).
+    pub public_url: Url,
+    /// The clock.
+    pub clock: Clock,
+    /// Cookies get the `Secure` attribute (HTTPS public URL).
+    pub secure_cookies: bool,
+}
+
+/// Errors of start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// I/O on the data directory.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+    /// The metadata store failed.
+    #[error("metadata store: {0}")]
+    Store(#[from] store::StoreError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + '_ {
+    move |e| StartError::Io(path.to_path_buf(), e)
+}
+
+/// Writes a new file readable only by its owner.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), StartError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io(path))?;
+    f.write_all(data).and_then(|_| f.sync_all()).map_err(io(path))
+}
+
+/// Creates (first start) or opens the data directory and builds the state.
+pub async fn open_state(config: &ServerConfig, clock: Clock) -> Result<AppState, StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = &config.data_dir;
+    for d in [dir.clone(), dir.join("keys")] {
+        if !d.exists() {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&d).map_err(io(&d))?;
+        }
+    }
+    let store = Store::open_sqlite(&dir.join("metadata.db")).await?;
+    let keys_path = dir.join("keys/token-signing.json");
+    let keys: Vec<StoredKey> = match std::fs::read(&keys_path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| StartError::Config(format!("{}: {e}", keys_path.display())))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let keys = vec![StoredKey::generate(&mut rand_core::OsRng, clock.now())];
+            let json = serde_json::to_vec_pretty(&keys).map_err(|e| StartError::Config(e.to_string()))?;
+            write_private(&keys_path, &json)?;
+            keys
+        }
+        Err(e) => return Err(StartError::Io(keys_path, e)),
+    };
+    let issuer = config.public_url.as_str().trim_end_matches('/').to_string();
+    let signer = TokenSigner::new(&issuer, AUDIENCE, &keys).map_err(|e| StartError::Config(e.to_string()))?;
+    let roots = attestation_roots(&config.attestation_roots)?;
+    let rp =
+        RelyingParty::new("Strongroom", &config.public_url, roots).map_err(|e| StartError::Config(e.to_string()))?;
+    Ok(AppState {
+        store,
+        rp,
+        signer,
+        public_url: config.public_url.clone(),
+        clock,
+        secure_cookies: config.public_url.scheme() == "https",
+    })
+}
+
+fn attestation_roots(paths: &[PathBuf]) -> Result<AttestationCaList, StartError> {
+    let mut list = AttestationCaList::default();
+    for p in paths {
+        let pem = std::fs::read(p).map_err(io(p))?;
+        let one = AttestationCaList::try_from(pem.as_slice())
+            .map_err(|e| StartError::Config(format!("{}: not a usable attestation root: {e:?}", p.display())))?;
+        list.union(&one);
+    }
+    Ok(list)
+}
+
+impl AppState {
+    /// A link under the public URL.
+    pub fn link(&self, path: &str) -> String {
+        format!("{}{}", self.public_url.as_str().trim_end_matches('/'), path)
+    }
+}

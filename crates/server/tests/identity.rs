@@ -1,0 +1,464 @@
+//! The identity provider end to end: real WebAuthn ceremonies (software authenticator) over
+//! real HTTP on loopback, against a server with a real SQLite file.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use testkit::softkey::SoftKey;
+
+struct Srv {
+    base: String,
+    state: Arc<server::AppState>,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn spawn() -> Srv {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let base = format!("http://localhost:{port}");
+    let config = server::ServerConfig {
+        data_dir: dir.path().join("data"),
+        public_url: url::Url::parse(&base).unwrap(),
+        attestation_roots: vec![],
+    };
+    let state = Arc::new(server::open_state(&config, server::Clock::default()).await.unwrap());
+    tokio::spawn(server::serve(state.clone(), listener, std::future::pending()));
+    let http = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    Srv { base, state, http, _dir: dir }
+}
+
+impl Srv {
+    async fn post(&self, path: &str, body: Value, bearer: Option<&str>) -> (StatusCode, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str, bearer: Option<&str>) -> (StatusCode, Value) {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn first_link(&self) -> String {
+        server::first_start_link(&self.state).await.unwrap().expect("no users yet")
+    }
+
+    async fn link_for(&self, user: &str, role: &str) -> String {
+        server::routes::create_enroll_link(&self.state, user, role, None, None, "test").await.unwrap()
+    }
+
+    fn token_of(link: &str) -> String {
+        link.rsplit('/').next().unwrap().to_string()
+    }
+
+    /// Enrolls `key` from `link`; returns the finish answer.
+    async fn enroll(&self, key: &mut SoftKey, link: &str) -> (StatusCode, Value) {
+        let token = Self::token_of(link);
+        let (st, start) = self.post(&format!("/api/v1/enroll/{token}/start"), json!({}), None).await;
+        assert_eq!(st, StatusCode::OK, "{start}");
+        let cred = key.register(&self.base, serde_json::from_value(start["options"].clone()).unwrap()).unwrap();
+        self.post(
+            &format!("/api/v1/enroll/{token}/finish"),
+            json!({"ceremony_id": start["ceremony_id"], "credential": cred}),
+            None,
+        )
+        .await
+    }
+
+    async fn login_start(&self, username: Option<&str>) -> Value {
+        let body = username.map(|u| json!({"username": u})).unwrap_or(json!({}));
+        let (st, start) = self.post("/api/v1/auth/login/start", body, None).await;
+        assert_eq!(st, StatusCode::OK, "{start}");
+        start
+    }
+
+    async fn login(&self, key: &mut SoftKey, username: Option<&str>) -> (StatusCode, Value) {
+        let start = self.login_start(username).await;
+        let pkc = key.assert(&self.base, serde_json::from_value(start["options"].clone()).unwrap()).unwrap();
+        self.post("/api/v1/auth/login/finish", json!({"ceremony_id": start["ceremony_id"], "credential": pkc}), None)
+            .await
+    }
+
+    async fn token(&self, key: &mut SoftKey, username: Option<&str>) -> String {
+        let (st, v) = self.login(key, username).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        v["access_token"].as_str().unwrap().to_string()
+    }
+
+    async fn audit_kinds(&self) -> Vec<String> {
+        self.state.store.audit_events(0, 10_000).await.unwrap().into_iter().map(|e| e.event.kind).collect()
+    }
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_owner_enrolls_signs_in_and_sees_their_roles() {
+    let s = spawn().await;
+    let link = s.first_link().await;
+    assert!(link.starts_with(&format!("{}/enroll/", s.base)));
+    let mut key = SoftKey::new().unwrap();
+    let (st, v) = s.enroll(&mut key, &link).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(v["user_id"].is_string() && v["credential_id"].is_string());
+    // Discoverable sign-in (no user name) and by user name.
+    let token = s.token(&mut key, None).await;
+    let (st, me) = s.get("/api/v1/me", Some(&token)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(me["username"], "owner");
+    assert_eq!(me["roles"], json!([{"role": "owner"}]));
+    assert_eq!(me["amr"], json!(["swk", "user"]), "a software key never claims hardware");
+    assert_eq!(me["acr"], "phr");
+    let token2 = s.token(&mut key, Some("owner")).await;
+    assert_eq!(s.get("/api/v1/me", Some(&token2)).await.0, StatusCode::OK);
+    // The link was single-use; a second start is refused.
+    let (st, v) = s.post(&format!("/api/v1/enroll/{}/start", Srv::token_of(&link)), json!({}), None).await;
+    assert_eq!((st, code(&v)), (StatusCode::GONE, "enroll.link_invalid"));
+    // The device attestation log recorded the enrollment with its details.
+    let events = s.state.store.audit_events(0, 100).await.unwrap();
+    let enroll = events.iter().find(|e| e.event.kind == "enroll" && e.event.outcome == "success").unwrap();
+    let d: Value = serde_json::from_str(&enroll.event.details_json).unwrap();
+    assert_eq!(d["attestation_format"], "packed");
+    assert_eq!(d["aaguid"], "0fb9bcbc-a0d4-4042-bbb0-559bc1631e28");
+    assert_eq!(d["attestation_trusted"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_finish_is_refused_for_enrollment_and_sign_in() {
+    let s = spawn().await;
+    let link = s.first_link().await;
+    let mut key = SoftKey::new().unwrap();
+    let token = Srv::token_of(&link);
+    let (_, start) = s.post(&format!("/api/v1/enroll/{token}/start"), json!({}), None).await;
+    let cred = key.register(&s.base, serde_json::from_value(start["options"].clone()).unwrap()).unwrap();
+    let body = json!({"ceremony_id": start["ceremony_id"], "credential": cred});
+    assert_eq!(s.post(&format!("/api/v1/enroll/{token}/finish"), body.clone(), None).await.0, StatusCode::OK);
+    let (st, v) = s.post(&format!("/api/v1/enroll/{token}/finish"), body, None).await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "webauthn.ceremony_invalid"));
+
+    let start = s.login_start(None).await;
+    let pkc = key.assert(&s.base, serde_json::from_value(start["options"].clone()).unwrap()).unwrap();
+    let body = json!({"ceremony_id": start["ceremony_id"], "credential": pkc});
+    assert_eq!(s.post("/api/v1/auth/login/finish", body.clone(), None).await.0, StatusCode::OK);
+    let (st, v) = s.post("/api/v1/auth/login/finish", body, None).await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "webauthn.ceremony_invalid"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assertion_for_another_ceremony_wrong_origin_and_wrong_rp_id_are_refused() {
+    let s = spawn().await;
+    let mut key = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut key, &s.first_link().await).await.0, StatusCode::OK);
+    // Signed for ceremony A, presented to ceremony B.
+    let a = s.login_start(None).await;
+    let b = s.login_start(None).await;
+    let pkc = key.assert(&s.base, serde_json::from_value(a["options"].clone()).unwrap()).unwrap();
+    let (st, v) =
+        s.post("/api/v1/auth/login/finish", json!({"ceremony_id": b["ceremony_id"], "credential": pkc}), None).await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "webauthn.mismatch"), "{v}");
+    // Wrong origin (another port on localhost: a different origin).
+    let c = s.login_start(None).await;
+    let pkc = key.assert("http://localhost:1", serde_json::from_value(c["options"].clone()).unwrap()).unwrap();
+    let (st, v) =
+        s.post("/api/v1/auth/login/finish", json!({"ceremony_id": c["ceremony_id"], "credential": pkc}), None).await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "webauthn.mismatch"), "{v}");
+    // Wrong RP id: the authenticator data names another relying party.
+    let d = s.login_start(None).await;
+    let mut pkc = key.assert(&s.base, serde_json::from_value(d["options"].clone()).unwrap()).unwrap();
+    let mut ad: Vec<u8> = pkc.response.authenticator_data.clone();
+    ad[0] ^= 0xff;
+    pkc.response.authenticator_data = ad;
+    let (st, v) =
+        s.post("/api/v1/auth/login/finish", json!({"ceremony_id": d["ceremony_id"], "credential": pkc}), None).await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "webauthn.mismatch"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_user_verification_and_bogus_signatures_are_refused() {
+    let s = spawn().await;
+    let mut key = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut key, &s.first_link().await).await.0, StatusCode::OK);
+    // The authenticator is asked for no UV: a valid signature without the UV flag.
+    let start = s.login_start(None).await;
+    let mut opts: webauthn_rs_proto::RequestChallengeResponse =
+        serde_json::from_value(start["options"].clone()).unwrap();
+    opts.public_key.user_verification = webauthn_rs_proto::UserVerificationPolicy::Preferred;
+    let pkc = key.assert(&s.base, opts).unwrap();
+    let (st, v) = s
+        .post("/api/v1/auth/login/finish", json!({"ceremony_id": start["ceremony_id"], "credential": pkc}), None)
+        .await;
+    assert_eq!((st, code(&v)), (StatusCode::UNAUTHORIZED, "webauthn.user_not_verified"), "{v}");
+    // A flipped signature byte.
+    let start = s.login_start(None).await;
+    let mut pkc = key.assert(&s.base, serde_json::from_value(start["options"].clone()).unwrap()).unwrap();
+    let mut sig: Vec<u8> = pkc.response.signature.clone();
+    let n = sig.len();
+    sig[n - 1] ^= 1;
+    pkc.response.signature = sig;
+    let (st, v) = s
+        .post("/api/v1/auth/login/finish", json!({"ceremony_id": start["ceremony_id"], "credential": pkc}), None)
+        .await;
+    assert_eq!((st, code(&v)), (StatusCode::UNAUTHORIZED, "webauthn.bad_signature"), "{v}");
+    assert!(s.audit_kinds().await.iter().filter(|k| *k == "login").count() >= 2, "refusals are audited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloned_authenticator_is_detected_and_locked() {
+    let s = spawn().await;
+    let mut key = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut key, &s.first_link().await).await.0, StatusCode::OK);
+    let clone = key.snapshot().unwrap();
+    let t1 = s.token(&mut key, None).await;
+    let _t2 = s.token(&mut key, None).await;
+    let mut cloned = SoftKey::restore(&clone).unwrap();
+    let (st, v) = s.login(&mut cloned, None).await;
+    assert_eq!((st, code(&v)), (StatusCode::UNAUTHORIZED, "webauthn.counter_regression"), "{v}");
+    // The credential is locked: even the genuine authenticator is refused now, and sessions ended.
+    let (st, v) = s.login(&mut key, None).await;
+    assert_eq!((st, code(&v)), (StatusCode::UNAUTHORIZED, "webauthn.unknown_credential"), "{v}");
+    assert_eq!(s.get("/api/v1/me", Some(&t1)).await.0, StatusCode::UNAUTHORIZED);
+    assert!(s.audit_kinds().await.contains(&"security.counter_regression".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_revoked_credentials_are_refused_and_revocation_ends_sessions() {
+    let s = spawn().await;
+    let mut a = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut a, &s.first_link().await).await.0, StatusCode::OK);
+    let ta = s.token(&mut a, Some("owner")).await;
+    // A second authenticator for the same user, from an "add another passkey" link.
+    let (st, v) = s.post("/api/v1/me/credentials/add", json!({}), Some(&ta)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let mut b = SoftKey::new().unwrap();
+    let (st, added) = s.enroll(&mut b, v["url"].as_str().unwrap()).await;
+    assert_eq!(st, StatusCode::OK, "{added}");
+    let tb = s.token(&mut b, Some("owner")).await;
+    let (_, creds) = s.get("/api/v1/me/credentials", Some(&tb)).await;
+    assert_eq!(creds["credentials"].as_array().unwrap().len(), 2);
+    // Revoke A using B's session: A's token dies at once, A cannot sign in.
+    let a_id = creds["credentials"].as_array().unwrap().iter().find(|c| c["id"] != added["credential_id"]).unwrap()
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp = s.http.delete(format!("{}/api/v1/me/credentials/{a_id}", s.base)).bearer_auth(&tb).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(s.get("/api/v1/me", Some(&ta)).await.0, StatusCode::UNAUTHORIZED);
+    let (st, v) = s.login(&mut a, None).await;
+    assert_eq!((st, code(&v)), (StatusCode::UNAUTHORIZED, "webauthn.unknown_credential"), "{v}");
+    // The last credential cannot be revoked.
+    let b_id = added["credential_id"].as_str().unwrap();
+    let resp = s.http.delete(format!("{}/api/v1/me/credentials/{b_id}", s.base)).bearer_auth(&tb).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    // An authenticator the server never saw.
+    let mut stranger = SoftKey::new().unwrap();
+    let other = spawn().await;
+    assert_eq!(other.enroll(&mut stranger, &other.first_link().await).await.0, StatusCode::OK);
+    let start = s.login_start(None).await;
+    let pkc = stranger.assert(&s.base, serde_json::from_value(start["options"].clone()).unwrap()).unwrap();
+    let (st, v) = s
+        .post("/api/v1/auth/login/finish", json!({"ceremony_id": start["ceremony_id"], "credential": pkc}), None)
+        .await;
+    assert_eq!((st, code(&v)), (StatusCode::UNAUTHORIZED, "webauthn.unknown_credential"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_ceremonies_and_oversized_credential_ids_are_refused() {
+    let s = spawn().await;
+    let mut key = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut key, &s.first_link().await).await.0, StatusCode::OK);
+    let start = s.login_start(None).await;
+    let pkc = key.assert(&s.base, serde_json::from_value(start["options"].clone()).unwrap()).unwrap();
+    s.state.clock.advance(server::state::CEREMONY_SECONDS + 1);
+    let (st, v) = s
+        .post("/api/v1/auth/login/finish", json!({"ceremony_id": start["ceremony_id"], "credential": pkc}), None)
+        .await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "webauthn.ceremony_invalid"), "{v}");
+    let start = s.login_start(None).await;
+    let mut pkc = key.assert(&s.base, serde_json::from_value(start["options"].clone()).unwrap()).unwrap();
+    pkc.raw_id = vec![7u8; 1024];
+    let (st, v) = s
+        .post("/api/v1/auth/login/finish", json!({"ceremony_id": start["ceremony_id"], "credential": pkc}), None)
+        .await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "webauthn.credential_id_too_long"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_forged_and_alg_none_tokens_are_refused() {
+    use base64::Engine as _;
+    let s = spawn().await;
+    let mut key = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut key, &s.first_link().await).await.0, StatusCode::OK);
+    let token = s.token(&mut key, None).await;
+    assert_eq!(s.get("/api/v1/me", Some(&token)).await.0, StatusCode::OK);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let parts: Vec<&str> = token.split('.').collect();
+    let payload: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let mut forged = payload.clone();
+    forged["sub"] = json!("someone-else");
+    let forged_token = format!("{}.{}.{}", parts[0], b64(forged.to_string().as_bytes()), parts[2]);
+    let (st, v) = s.get("/api/v1/me", Some(&forged_token)).await;
+    assert_eq!((st, code(&v)), (StatusCode::UNAUTHORIZED, "auth.unauthenticated"));
+    let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+    assert_eq!(s.get("/api/v1/me", Some(&none)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.get("/api/v1/me", Some("garbage")).await.0, StatusCode::UNAUTHORIZED);
+    // No credentials at all (a client without the session cookie).
+    let bare = reqwest::Client::new();
+    assert_eq!(bare.get(format!("{}/api/v1/me", s.base)).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    s.state.clock.advance(identity::token::ACCESS_TOKEN_SECONDS + 60);
+    assert_eq!(s.get("/api/v1/me", Some(&token)).await.0, StatusCode::UNAUTHORIZED, "expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_login_end_to_end_and_refresh_reuse_revokes_the_family() {
+    let s = spawn().await;
+    let mut key = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut key, &s.first_link().await).await.0, StatusCode::OK);
+    let form = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/oauth/device_authorization", s.base))
+        .form(&form(&[("client_id", "strongroom-cli")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let auth: Value = resp.json().await.unwrap();
+    let device_code = auth["device_code"].as_str().unwrap().to_string();
+    let poll = || async {
+        let r = s
+            .http
+            .post(format!("{}/api/v1/oauth/token", s.base))
+            .form(&form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                ("device_code", &device_code),
+            ]))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    let (st, v) = poll().await;
+    assert_eq!((st, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("authorization_pending")));
+    let (_, v) = poll().await;
+    assert_eq!(v["error"], "slow_down", "polling faster than the interval");
+    // The user approves in the browser: signs in, then confirms the code with a passkey.
+    let t = s.token(&mut key, None).await;
+    let (st, start) = s.post("/api/v1/device/approve/start", json!({"user_code": auth["user_code"]}), Some(&t)).await;
+    assert_eq!(st, StatusCode::OK, "{start}");
+    let pkc = key.assert(&s.base, serde_json::from_value(start["options"].clone()).unwrap()).unwrap();
+    let (st, v) = s
+        .post(
+            "/api/v1/device/approve/finish",
+            json!({"ceremony_id": start["ceremony_id"], "credential": pkc}),
+            Some(&t),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    s.state.clock.advance(30);
+    let (st, tokens) = poll().await;
+    assert_eq!(st, StatusCode::OK, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(s.get("/api/v1/me", Some(access)).await.1["username"], "owner");
+    s.state.clock.advance(30);
+    let (st, v) = poll().await;
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant")),
+        "a device code is used once"
+    );
+    // Refresh rotates; reusing the old refresh token revokes the whole family.
+    let sref = &s;
+    let refresh = |rt: String| async move {
+        let r = sref
+            .http
+            .post(format!("{}/api/v1/oauth/token", sref.base))
+            .form(&form(&[("grant_type", "refresh_token"), ("refresh_token", &rt)]))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json::<Value>().await.unwrap())
+    };
+    let rt1 = tokens["refresh_token"].as_str().unwrap().to_string();
+    let (st, t2) = refresh(rt1.clone()).await;
+    assert_eq!(st, StatusCode::OK, "{t2}");
+    let (st, v) = refresh(rt1).await;
+    assert_eq!((st, v["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")));
+    let (st, _) = refresh(t2["refresh_token"].as_str().unwrap().to_string()).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "the rotated token died with its family");
+    assert_eq!(
+        s.get("/api/v1/me", Some(t2["access_token"].as_str().unwrap())).await.0,
+        StatusCode::UNAUTHORIZED,
+        "and so did the session"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_documents_and_errors_have_the_pinned_shapes() {
+    let s = spawn().await;
+    let (st, conf) = s.get("/.well-known/openid-configuration", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(conf["issuer"], s.base);
+    assert_eq!(conf["jwks_uri"], format!("{}/.well-known/jwks.json", s.base));
+    let (_, jwks) = s.get("/.well-known/jwks.json", None).await;
+    assert_eq!(jwks["keys"][0]["kty"], "OKP");
+    assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
+    let (st, v) = s.post("/api/v1/enroll/nonsense/start", json!({}), None).await;
+    assert_eq!((st, code(&v)), (StatusCode::GONE, "enroll.link_invalid"));
+    assert!(v["error"]["message"].is_string());
+    let (st, v) = s.get("/api/v1/nope", None).await;
+    assert_eq!((st, code(&v)), (StatusCode::NOT_FOUND, "request.not_found"));
+    let big = "x".repeat(server::MAX_BODY + 1);
+    let (st, _) = s.post("/api/v1/auth/login/start", json!({"username": big}), None).await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(s.http.get(format!("{}/healthz", s.base)).send().await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attestation_from_a_trusted_root_counts_as_hardware_and_others_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut trusted_key, pem) = SoftKey::new_with_ca_pem().unwrap();
+    let root = dir.path().join("root.pem");
+    std::fs::write(&root, pem).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+    let config = server::ServerConfig {
+        data_dir: dir.path().join("data"),
+        public_url: url::Url::parse(&base).unwrap(),
+        attestation_roots: vec![root],
+    };
+    let state = Arc::new(server::open_state(&config, server::Clock::default()).await.unwrap());
+    tokio::spawn(server::serve(state.clone(), listener, std::future::pending()));
+    let s = Srv { base, state, http: reqwest::Client::new(), _dir: dir };
+    assert_eq!(s.enroll(&mut trusted_key, &s.first_link().await).await.0, StatusCode::OK);
+    let t = s.token(&mut trusted_key, None).await;
+    let (_, me) = s.get("/api/v1/me", Some(&t)).await;
+    assert_eq!(me["amr"], json!(["hwk", "user"]));
+    assert_eq!(me["acr"], "phrh");
+    // Another software token, whose CA nobody configured, stays a software key.
+    let mut other = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut other, &s.link_for("bob", "reader").await).await.0, StatusCode::OK);
+    let t = s.token(&mut other, Some("bob")).await;
+    let (_, me) = s.get("/api/v1/me", Some(&t)).await;
+    assert_eq!(me["amr"], json!(["swk", "user"]));
+    assert_eq!(me["acr"], "phr");
+    assert_eq!(me["roles"], json!([{"role": "reader"}]));
+}
