@@ -2,6 +2,7 @@
 //! same data in the same run, and writes the figures as JSON.
 
 mod engine;
+mod identity_bench;
 mod peers;
 mod primitives;
 mod sys;
@@ -39,6 +40,12 @@ enum Cmd {
     },
     /// The engine steps and the same steps with restic, borg (and rustic if installed), with ratios.
     Compare(peers::CompareArgs),
+    /// Passkey assertions and access tokens verified per second, on one core.
+    Identity {
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench-results/identity.json")]
+        out: PathBuf,
+    },
     /// Per-core speed of the building blocks (BLAKE3, zstd levels, AES-256-GCM, XChaCha20-Poly1305).
     Primitives {
         /// Where to write the JSON results.
@@ -77,6 +84,11 @@ fn main() -> anyhow::Result<()> {
             println!("restored tree is byte-identical; wrote {}", out.display());
         }
         Cmd::Compare(args) => peers::compare(&args)?,
+        Cmd::Identity { out } => {
+            let result = identity_bench::run()?;
+            sys::write_json(&out, &result)?;
+            println!("wrote {}", out.display());
+        }
         Cmd::Primitives { out } => {
             let result = primitives::run();
             sys::write_json(&out, &result)?;

@@ -60,7 +60,9 @@ fn server_url(server: Option<&str>, stored: Option<&StoredLogin>) -> anyhow::Res
     match (server, stored) {
         (Some(s), _) => Ok(s.trim_end_matches('/').to_string()),
         (None, Some(l)) => Ok(l.server.clone()),
-        (None, None) => bail!("no server given: pass --server URL or set STRONGROOM_SERVER"),
+        (None, None) => {
+            bail!("not signed in and no server given: run strongroom login --server URL (or set STRONGROOM_SERVER)")
+        }
     }
 }
 

@@ -62,6 +62,12 @@ struct ServerArgs {
     /// The server sits behind a TLS-terminating proxy (allows a non-loopback plain-HTTP listener).
     #[arg(long, env = "STRONGROOM_BEHIND_PROXY")]
     behind_proxy: bool,
+    /// TLS certificate chain (PEM); with --tls-key the server speaks HTTPS itself (rustls).
+    #[arg(long, env = "STRONGROOM_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "STRONGROOM_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// PEM file of an attestation root whose authenticators count as hardware (repeatable).
     #[arg(long = "attestation-root", env = "STRONGROOM_ATTESTATION_ROOTS", value_delimiter = ',')]
     attestation_roots: Vec<PathBuf>,
@@ -69,6 +75,12 @@ struct ServerArgs {
 
 #[derive(Subcommand, Debug)]
 enum AdminCmd {
+    /// Add a new token-signing key (used after the next server start; old keys keep verifying).
+    RotateTokenKey {
+        /// Data directory of the server.
+        #[arg(long, env = "STRONGROOM_DATA_DIR", default_value = "./strongroom-data")]
+        data_dir: PathBuf,
+    },
     /// Print a fresh one-time enrollment link (break-glass recovery; works offline).
     EnrollLink {
         /// Data directory of the server.
@@ -126,6 +138,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{url}");
             Ok(())
         }
+        Cmd::Admin(AdminCmd::RotateTokenKey { data_dir }) => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let kid = server::rotate_token_key(&data_dir, now)?;
+            println!("{kid}");
+            eprintln!("New token-signing key {kid}; restart the server to sign with it (older keys still verify).");
+            Ok(())
+        }
         Cmd::Login => client::login(cli.server.as_deref()).await,
         Cmd::Logout => client::logout(cli.server.as_deref()).await,
         Cmd::Whoami { json } => client::whoami(cli.server.as_deref(), cli.token.as_deref(), json).await,
@@ -133,14 +152,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    // Logs go to stderr; stdout carries only what a script may read (the first-start link).
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
-    if !args.listen.ip().is_loopback() && !args.behind_proxy && args.public_url.scheme() != "https" {
+    let tls = args.tls_cert.is_some() && args.tls_key.is_some();
+    if !args.listen.ip().is_loopback() && !args.behind_proxy && !tls {
         bail!(
             "refusing to serve plain HTTP on {}: passkeys need HTTPS on any origin but localhost. \
-             Put a TLS-terminating proxy in front and pass --behind-proxy with an https --public-url",
+             Put a TLS-terminating proxy in front and pass --behind-proxy (with an https --public-url)",
             args.listen
+        );
+    }
+    if args.behind_proxy && args.public_url.scheme() != "https" && args.public_url.host_str() != Some("localhost") {
+        bail!(
+            "--behind-proxy needs an https --public-url: browsers only allow passkeys on HTTPS origins and localhost"
         );
     }
     let config = server::ServerConfig {
@@ -150,15 +179,32 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     };
     let state = Arc::new(server::open_state(&config, server::Clock::default()).await?);
     if let Some(url) = server::first_start_link(&state).await.map_err(|e| anyhow::anyhow!("{e}"))? {
-        println!("No users yet. Enroll the first Owner within one hour at:\n{url}");
+        eprintln!("No users yet. Enroll the first Owner within one hour at:");
+        println!("{url}");
     }
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, public_url = %args.public_url, data_dir = %args.data_dir.display(), "strongroom server started");
-    server::serve(state, listener, async {
-        let _ = tokio::signal::ctrl_c().await;
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match term.as_mut() {
+                    Some(t) => { t.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
         tracing::info!("shutting down");
-    })
-    .await?;
+    };
+    tracing::info!(listen = %args.listen, public_url = %args.public_url, tls, data_dir = %args.data_dir.display(), "strongroom server started");
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        server::serve_tls(state, args.listen, cert, key, shutdown)
+            .await
+            .with_context(|| format!("serving HTTPS on {} with {}", args.listen, cert.display()))?;
+    } else {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        server::serve(state, listener, shutdown).await?;
+    }
     Ok(())
 }

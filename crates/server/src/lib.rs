@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::routing::{delete, get, patch, post};
 use axum::Router;
 
-pub use state::{open_state, AppState, Clock, ServerConfig, StartError};
+pub use state::{open_state, rotate_token_key, AppState, Clock, ServerConfig, StartError};
 
 /// Largest request body accepted (WebAuthn responses are a few KiB).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -74,5 +74,27 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serves HTTPS with rustls on `addr` until `shutdown` resolves (graceful: in-flight requests
+/// get 10 seconds to finish).
+pub async fn serve_tls(
+    state: Arc<AppState>,
+    addr: SocketAddr,
+    cert_pem: &std::path::Path,
+    key_pem: &std::path::Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert_pem, key_pem).await?;
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+    });
+    axum_server::bind_rustls(addr, config)
+        .handle(handle)
+        .serve(app(state).into_make_service_with_connect_info::<SocketAddr>())
         .await
 }

@@ -152,3 +152,21 @@ impl AppState {
         format!("{}{}", self.public_url.as_str().trim_end_matches('/'), path)
     }
 }
+
+/// Adds a new token-signing key to the data directory; the newest key signs after the next
+/// start, older ones keep verifying tokens already issued. Returns the new key id.
+pub fn rotate_token_key(data_dir: &Path, now: i64) -> Result<String, StartError> {
+    let path = data_dir.join("keys/token-signing.json");
+    let bytes = std::fs::read(&path).map_err(io(&path))?;
+    let mut keys: Vec<StoredKey> =
+        serde_json::from_slice(&bytes).map_err(|e| StartError::Config(format!("{}: {e}", path.display())))?;
+    let key = StoredKey::generate(&mut rand_core::OsRng, now);
+    let kid = key.kid.clone();
+    keys.push(key);
+    let json = serde_json::to_vec_pretty(&keys).map_err(|e| StartError::Config(e.to_string()))?;
+    let tmp = path.with_extension("json.new");
+    let _ = std::fs::remove_file(&tmp);
+    write_private(&tmp, &json)?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    Ok(kid)
+}

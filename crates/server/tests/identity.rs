@@ -462,3 +462,83 @@ async fn attestation_from_a_trusted_root_counts_as_hardware_and_others_do_not() 
     assert_eq!(me["acr"], "phr");
     assert_eq!(me["roles"], json!([{"role": "reader"}]));
 }
+
+/// A hand-made authenticator answer with `none` attestation and a chosen credential id: the
+/// only way to present a credential id that is already registered, or one over 1023 bytes,
+/// since real authenticators (and the soft token) mint fresh ids.
+fn crafted_registration(s: &Srv, options: &Value, cred_id: &[u8]) -> Value {
+    use base64::Engine as _;
+    use serde_cbor_2::Value as C;
+    use sha2::Digest as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let challenge = options["publicKey"]["challenge"].as_str().unwrap();
+    let rp_id = options["publicKey"]["rp"]["id"].as_str().unwrap();
+    let client_data =
+        json!({"type": "webauthn.create", "challenge": challenge, "origin": s.base, "crossOrigin": false});
+    let client_data = serde_json::to_vec(&client_data).unwrap();
+    let key = p256::SecretKey::random(&mut rand_core::OsRng);
+    let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&key.public_key(), false);
+    let cose = C::Map(
+        [
+            (C::Integer(1), C::Integer(2)),
+            (C::Integer(3), C::Integer(-7)),
+            (C::Integer(-1), C::Integer(1)),
+            (C::Integer(-2), C::Bytes(point.x().unwrap().to_vec())),
+            (C::Integer(-3), C::Bytes(point.y().unwrap().to_vec())),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let mut auth_data = sha2::Sha256::digest(rp_id.as_bytes()).to_vec();
+    auth_data.push(0x45); // UP | UV | AT
+    auth_data.extend_from_slice(&0u32.to_be_bytes());
+    auth_data.extend_from_slice(&[0u8; 16]);
+    auth_data.extend_from_slice(&(cred_id.len() as u16).to_be_bytes());
+    auth_data.extend_from_slice(cred_id);
+    auth_data.extend_from_slice(&serde_cbor_2::to_vec(&cose).unwrap());
+    let att = C::Map(
+        [
+            (C::Text("fmt".into()), C::Text("none".into())),
+            (C::Text("attStmt".into()), C::Map(Default::default())),
+            (C::Text("authData".into()), C::Bytes(auth_data)),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    json!({
+        "id": b64(cred_id), "rawId": b64(cred_id), "type": "public-key", "extensions": {},
+        "response": {"attestationObject": b64(&serde_cbor_2::to_vec(&att).unwrap()), "clientDataJSON": b64(&client_data)},
+    })
+}
+
+async fn enroll_crafted(s: &Srv, link: &str, cred_id: &[u8]) -> (StatusCode, Value) {
+    let token = Srv::token_of(link);
+    let (st, start) = s.post(&format!("/api/v1/enroll/{token}/start"), json!({}), None).await;
+    assert_eq!(st, StatusCode::OK, "{start}");
+    let cred = crafted_registration(s, &start["options"], cred_id);
+    s.post(
+        &format!("/api/v1/enroll/{token}/finish"),
+        json!({"ceremony_id": start["ceremony_id"], "credential": cred}),
+        None,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_id_registered_twice_or_over_1023_bytes_is_refused() {
+    let s = spawn().await;
+    let id = [42u8; 32];
+    let (st, v) = enroll_crafted(&s, &s.first_link().await, &id).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    // `none` attestation: recorded as untrusted, model unknown.
+    let events = s.state.store.audit_events(0, 100).await.unwrap();
+    let d: Value =
+        serde_json::from_str(&events.iter().rev().find(|e| e.event.kind == "enroll").unwrap().event.details_json)
+            .unwrap();
+    assert_eq!((d["attestation_format"].as_str(), d["attestation_trusted"].as_bool()), (Some("none"), Some(false)));
+    let (st, v) = enroll_crafted(&s, &s.link_for("mallory", "reader").await, &id).await;
+    assert_eq!((st, code(&v)), (StatusCode::CONFLICT, "credential.already_registered"), "{v}");
+    assert!(s.state.store.user_by_name("mallory").await.unwrap().is_none(), "nothing half-created");
+    let (st, v) = enroll_crafted(&s, &s.link_for("trent", "reader").await, &[1u8; 1024]).await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "webauthn.credential_id_too_long"), "{v}");
+}
