@@ -48,29 +48,82 @@ enum Cmd {
     Admin(AdminCmd),
 }
 
-#[derive(clap::Args, Debug)]
+/// Server settings: command line and `STRONGROOM_*` variables override the `--config` file,
+/// which overrides the defaults shown.
+#[derive(clap::Args, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ServerArgs {
-    /// Data directory.
-    #[arg(long, env = "STRONGROOM_DATA_DIR", default_value = "./strongroom-data")]
-    data_dir: PathBuf,
-    /// Address to listen on.
-    #[arg(long, env = "STRONGROOM_LISTEN", default_value = "127.0.0.1:8440")]
-    listen: SocketAddr,
-    /// The URL users reach the server at; the passkey relying party (its host) comes from it.
-    #[arg(long, env = "STRONGROOM_PUBLIC_URL", default_value = "http://localhost:8440")]
-    public_url: url::Url,
+    /// TOML file with any of the settings below (keys as the long options, with `_`).
+    #[arg(long, env = "STRONGROOM_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./strongroom-data].
+    #[arg(long, env = "STRONGROOM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8440].
+    #[arg(long, env = "STRONGROOM_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The URL users reach the server at; the passkey relying party (its host) comes from it
+    /// [default: http://localhost:8440].
+    #[arg(long, env = "STRONGROOM_PUBLIC_URL")]
+    public_url: Option<url::Url>,
     /// The server sits behind a TLS-terminating proxy (allows a non-loopback plain-HTTP listener).
     #[arg(long, env = "STRONGROOM_BEHIND_PROXY")]
+    #[serde(default)]
     behind_proxy: bool,
     /// TLS certificate chain (PEM); with --tls-key the server speaks HTTPS itself (rustls).
-    #[arg(long, env = "STRONGROOM_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "STRONGROOM_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
-    #[arg(long, env = "STRONGROOM_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "STRONGROOM_TLS_KEY")]
     tls_key: Option<PathBuf>,
     /// PEM file of an attestation root whose authenticators count as hardware (repeatable).
     #[arg(long = "attestation-root", env = "STRONGROOM_ATTESTATION_ROOTS", value_delimiter = ',')]
+    #[serde(default)]
     attestation_roots: Vec<PathBuf>,
+}
+
+/// Settings after merging flags, environment, config file and defaults.
+struct Settings {
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    public_url: url::Url,
+    behind_proxy: bool,
+    tls: Option<(PathBuf, PathBuf)>,
+    attestation_roots: Vec<PathBuf>,
+}
+
+impl ServerArgs {
+    fn resolve(self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                toml::from_str::<ServerArgs>(&text)
+                    .with_context(|| format!("{} is not a valid config file", p.display()))?
+            }
+            None => ServerArgs::default(),
+        };
+        let tls = match (self.tls_cert.or(file.tls_cert), self.tls_key.or(file.tls_key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => bail!("give both --tls-cert and --tls-key, or neither"),
+        };
+        Ok(Settings {
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./strongroom-data")),
+            listen: self.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8440))),
+            public_url: match self.public_url.or(file.public_url) {
+                Some(u) => u,
+                None => url::Url::parse("http://localhost:8440")?,
+            },
+            behind_proxy: self.behind_proxy || file.behind_proxy,
+            tls,
+            attestation_roots: if self.attestation_roots.is_empty() {
+                file.attestation_roots
+            } else {
+                self.attestation_roots
+            },
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,6 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let args = args.resolve()?;
     use std::io::IsTerminal;
     // Logs go to stderr; stdout carries only what a script may read (the first-start link).
     tracing_subscriber::fmt()
@@ -159,7 +213,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let tls = args.tls_cert.is_some() && args.tls_key.is_some();
+    let tls = args.tls.is_some();
     if !args.listen.ip().is_loopback() && !args.behind_proxy && !tls {
         bail!(
             "refusing to serve plain HTTP on {}: passkeys need HTTPS on any origin but localhost. \
@@ -196,7 +250,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down");
     };
     tracing::info!(listen = %args.listen, public_url = %args.public_url, tls, data_dir = %args.data_dir.display(), "strongroom server started");
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+    if let Some((cert, key)) = &args.tls {
         server::serve_tls(state, args.listen, cert, key, shutdown)
             .await
             .with_context(|| format!("serving HTTPS on {} with {}", args.listen, cert.display()))?;

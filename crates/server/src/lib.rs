@@ -35,6 +35,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/me/credentials/{id}", patch(rename_credential))
         .route("/me/credentials/{id}", delete(revoke_credential))
         .route("/invites", post(invite))
+        .route("/users", get(list_users))
+        .route("/users/{username}/disable", post(disable_user))
         .route("/oauth/device_authorization", post(device_authorization))
         .route("/oauth/token", post(token))
         .route("/device/approve/start", post(device_approve_start))

@@ -599,17 +599,52 @@ pub(crate) async fn invite(
     p: Principal,
     Json(body): Json<Invite>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let roles = state.store.roles_of(&p.user.id).await?;
-    if !roles.iter().any(|r| r.role == "owner" && r.vault.is_none()) {
-        audit(&state, "invite", &p.user.username, "denied", serde_json::json!({"reason": "not an owner"})).await?;
-        return Err(ApiError::Forbidden("only an owner can invite users".into()));
-    }
+    require_owner(&state, &p, "invite users").await?;
     validate_username(&body.username)?;
     if !ROLES.contains(&body.role.as_str()) {
         return Err(ApiError::BadRequest(format!("unknown role {:?}; one of {}", body.role, ROLES.join(", "))));
     }
     let url = create_enroll_link(&state, &body.username, &body.role, None, None, &p.user.username).await?;
     Ok(Json(serde_json::json!({ "url": url })))
+}
+
+async fn require_owner(state: &AppState, p: &Principal, what: &str) -> ApiResult<()> {
+    let roles = state.store.roles_of(&p.user.id).await?;
+    if roles.iter().any(|r| r.role == "owner" && r.vault.is_none()) {
+        return Ok(());
+    }
+    audit(state, what, &p.user.username, "denied", serde_json::json!({"reason": "not an owner"})).await?;
+    Err(ApiError::Forbidden(format!("only an owner can {what}")))
+}
+
+/// `GET /api/v1/users` (owners): users with their roles.
+pub(crate) async fn list_users(State(state): St, p: Principal) -> ApiResult<Json<serde_json::Value>> {
+    require_owner(&state, &p, "list users").await?;
+    let mut out = Vec::new();
+    for u in state.store.list_users().await? {
+        let roles: Vec<String> = state.store.roles_of(&u.id).await?.into_iter().map(|r| r.role).collect();
+        out.push(serde_json::json!({"user_id": u.id, "username": u.username, "disabled": u.disabled, "expires_at": u.expires_at, "roles": roles}));
+    }
+    Ok(Json(serde_json::json!({ "users": out })))
+}
+
+/// `POST /api/v1/users/{username}/disable` (owners): the user's sessions and tokens end at once.
+pub(crate) async fn disable_user(
+    State(state): St,
+    p: Principal,
+    Path(username): Path<String>,
+) -> ApiResult<StatusCode> {
+    require_owner(&state, &p, "disable users").await?;
+    let user =
+        state.store.user_by_name(&username).await?.ok_or_else(|| ApiError::NotFound(format!("no user {username}")))?;
+    if user.id == p.user.id {
+        return Err(ApiError::Conflict("you cannot disable yourself".into()));
+    }
+    let now = state.clock.now();
+    state.store.set_user_disabled(&user.id, true).await?;
+    state.store.revoke_sessions_of_user(&user.id, now).await?;
+    audit(&state, "user.disable", &p.user.username, "success", serde_json::json!({"user": username})).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// User names: 1–64 characters of letters, digits, `.`, `_`, `-`, `@`.

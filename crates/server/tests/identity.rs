@@ -542,3 +542,33 @@ async fn a_credential_id_registered_twice_or_over_1023_bytes_is_refused() {
     let (st, v) = enroll_crafted(&s, &s.link_for("trent", "reader").await, &[1u8; 1024]).await;
     assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "webauthn.credential_id_too_long"), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_carry_roles_and_disabling_a_user_ends_their_sessions() {
+    let s = spawn().await;
+    let mut owner = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut owner, &s.first_link().await).await.0, StatusCode::OK);
+    let to = s.token(&mut owner, Some("owner")).await;
+    let (st, inv) = s.post("/api/v1/invites", json!({"username": "bob", "role": "restore-operator"}), Some(&to)).await;
+    assert_eq!(st, StatusCode::OK, "{inv}");
+    let (st, v) = s.post("/api/v1/invites", json!({"username": "eve", "role": "emperor"}), Some(&to)).await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "request.malformed"));
+    let mut bob = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut bob, inv["url"].as_str().unwrap()).await.0, StatusCode::OK);
+    let tb = s.token(&mut bob, Some("bob")).await;
+    assert_eq!(s.get("/api/v1/me", Some(&tb)).await.1["roles"], json!([{"role": "restore-operator"}]));
+    // Bob is no owner: he can neither invite nor list users.
+    let (st, v) = s.post("/api/v1/invites", json!({"username": "eve", "role": "owner"}), Some(&tb)).await;
+    assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "auth.forbidden"));
+    assert_eq!(s.get("/api/v1/users", Some(&tb)).await.0, StatusCode::FORBIDDEN);
+    let (st, users) = s.get("/api/v1/users", Some(&to)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(users["users"].as_array().unwrap().len(), 2);
+    // Disabling Bob ends his token at once and he cannot sign in again.
+    let (st, _) = s.post("/api/v1/users/bob/disable", json!({}), Some(&to)).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(s.get("/api/v1/me", Some(&tb)).await.0, StatusCode::UNAUTHORIZED);
+    let (st, _) = s.login(&mut bob, None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(s.audit_kinds().await.contains(&"user.disable".to_string()));
+}
