@@ -31,7 +31,13 @@ async function api(path, body, method) {
     credentials: "same-origin",
   });
   const text = await res.text();
-  const data = text ? JSON.parse(text) : {};
+  let data = {};
+  try {
+    data = text ? JSON.parse(text) : {};
+  } catch (e) {
+    // A body that is not JSON (a proxy's error page, a plain-text rejection): report the status.
+    if (res.ok) throw new Error("unexpected answer from the server");
+  }
   if (!res.ok) {
     const err = (data && data.error) || {};
     throw new Error(err.message || ("request failed: " + res.status));
@@ -136,7 +142,9 @@ async function loadCredentials() {
       rename.setAttribute("aria-label", `Rename ${c.name}`);
       rename.onclick = async () => {
         const name = prompt("New name", c.name);
-        if (name) { await api(`/api/v1/me/credentials/${c.id}`, { name }, "PATCH"); loadCredentials(); }
+        if (!name) return;
+        try { await api(`/api/v1/me/credentials/${c.id}`, { name }, "PATCH"); loadCredentials(); }
+        catch (e) { status(e.message, true); }
       };
       const revoke = document.createElement("button");
       revoke.textContent = "Revoke";
