@@ -43,9 +43,15 @@ fi
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO/$TARGET_DIR" ;; esac
-log "cargo build -p cli --bin strongroom (target dir $TARGET_DIR)"
-(cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build -p cli --bin strongroom </dev/null)
-export STRONGROOM_BIN="$TARGET_DIR/debug/strongroom"
+if [ -n "${STRONGROOM_BIN:-}" ] && [ -x "${STRONGROOM_BIN}" ]; then
+    # scripts/test passes the binary `cargo test --workspace` just built: building it again
+    # alone would recompile half the dependency tree with other features.
+    log "using $STRONGROOM_BIN"
+else
+    log "cargo build -p cli --bin strongroom (target dir $TARGET_DIR)"
+    (cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build -p cli --bin strongroom </dev/null)
+    export STRONGROOM_BIN="$TARGET_DIR/debug/strongroom"
+fi
 
 log "node --test"
 start=$(date +%s)

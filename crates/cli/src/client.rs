@@ -171,27 +171,77 @@ async fn refresh(client: &reqwest::Client, login: &mut StoredLogin) -> anyhow::R
     Ok(())
 }
 
-/// `strongroom whoami`
-pub(crate) async fn whoami(server: Option<&str>, token: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let client = http()?;
-    let mut stored = load_login()?;
-    let base = server_url(server, stored.as_ref())?;
-    let get = |t: String| client.get(format!("{base}/api/v1/me")).bearer_auth(t).send();
-    let mut resp = match (token, stored.as_ref()) {
-        (Some(t), _) => get(t.to_string()).await?,
-        (None, Some(l)) => get(l.access_token.clone()).await?,
-        (None, None) => bail!("not signed in: run strongroom login --server URL (or pass --token)"),
-    };
-    if resp.status() == reqwest::StatusCode::UNAUTHORIZED && token.is_none() {
-        if let Some(l) = stored.as_mut() {
-            refresh(&client, l).await?;
-            resp = get(l.access_token.clone()).await?;
+/// An authenticated API client: an explicit token, or the stored login (refreshed once on 401).
+pub(crate) struct Api {
+    client: reqwest::Client,
+    base: String,
+    explicit: Option<String>,
+    stored: Option<StoredLogin>,
+}
+
+impl Api {
+    pub(crate) fn new(server: Option<&str>, token: Option<&str>) -> anyhow::Result<Api> {
+        let stored = load_login()?;
+        let base = server_url(server, stored.as_ref())?;
+        if token.is_none() && stored.is_none() {
+            bail!("not signed in: run strongroom login --server {base} (or pass --token)");
+        }
+        Ok(Api { client: http()?, base, explicit: token.map(str::to_string), stored })
+    }
+
+    fn bearer(&self) -> String {
+        self.explicit.clone().or_else(|| self.stored.as_ref().map(|l| l.access_token.clone())).unwrap_or_default()
+    }
+
+    /// Sends a request; returns the JSON answer (or `null` for an empty one).
+    pub(crate) async fn call(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut refreshed = false;
+        loop {
+            let mut req =
+                self.client.request(method.clone(), format!("{}{path}", self.base)).bearer_auth(self.bearer());
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let resp = req.send().await.with_context(|| format!("cannot reach {}", self.base))?;
+            let status = resp.status();
+            if status == reqwest::StatusCode::UNAUTHORIZED && self.explicit.is_none() && !refreshed {
+                let step_up = resp.headers().get(reqwest::header::WWW_AUTHENTICATE).is_some();
+                if !step_up {
+                    if let Some(l) = self.stored.as_mut() {
+                        refresh(&self.client, l).await?;
+                        refreshed = true;
+                        continue;
+                    }
+                }
+            }
+            let text = resp.text().await.unwrap_or_default();
+            let json: serde_json::Value = if text.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+            };
+            if status.is_success() {
+                return Ok(json);
+            }
+            let code = json["error"]["code"].as_str().unwrap_or("");
+            let message = json["error"]["message"].as_str().unwrap_or("");
+            if code == "auth.insufficient_user_authentication" {
+                bail!("{message} — run strongroom login again, then retry");
+            }
+            bail!("the server refused ({status}, {code}): {message}");
         }
     }
-    if !resp.status().is_success() {
-        bail!("the server refused the token ({}); run strongroom login", resp.status());
-    }
-    let me: serde_json::Value = resp.json().await?;
+}
+
+/// `strongroom whoami`
+pub(crate) async fn whoami(server: Option<&str>, token: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let mut api = Api::new(server, token)?;
+    let me = api.call(reqwest::Method::GET, "/api/v1/me", None).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&me)?);
     } else {
@@ -199,7 +249,12 @@ pub(crate) async fn whoami(server: Option<&str>, token: Option<&str>, json: bool
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|r| r["role"].as_str().map(str::to_string))
+            .filter_map(|r| {
+                r["role"].as_str().map(|role| match r["vault"].as_str() {
+                    Some(v) => format!("{role}@{v}"),
+                    None => role.to_string(),
+                })
+            })
             .collect();
         println!(
             "{} ({}) roles: {}",

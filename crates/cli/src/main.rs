@@ -43,6 +43,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Vaults: create, list, show.
+    #[command(subcommand)]
+    Vault(VaultCmd),
+    /// Roles: assign, revoke, list (server-wide or per vault).
+    #[command(subcommand)]
+    Role(RoleCmd),
+    /// Ask the policy what a user would need for an operation.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Administration on the server host, without the server running.
     #[command(subcommand)]
     Admin(AdminCmd),
@@ -127,6 +136,90 @@ impl ServerArgs {
 }
 
 #[derive(Subcommand, Debug)]
+enum VaultCmd {
+    /// Create a vault.
+    Create {
+        /// Vault name (a-z, 0-9, - _ .).
+        name: String,
+        /// Test vaults are for trying policy; production vaults need a second person to approve restores.
+        #[arg(long, value_parser = ["test", "production"], default_value = "test")]
+        kind: String,
+        /// Only trusted-attested hardware authenticators may approve restores.
+        #[arg(long)]
+        require_hardware: bool,
+        /// How old (seconds) a restore approval may be when the restore starts [default: 300].
+        #[arg(long)]
+        approval_max_age: Option<i64>,
+        /// Whether the approver must be someone other than the requester [default: yes for production].
+        #[arg(long)]
+        distinct_approver: Option<bool>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the vaults you may see.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one vault and its policy.
+    Show {
+        /// Vault name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct RoleArgs {
+    /// User name.
+    #[arg(long)]
+    user: String,
+    /// owner, contributor, backup-operator, restore-operator, reader, auditor, security-admin.
+    #[arg(long)]
+    role: String,
+    /// Limit to one vault (default: server-wide).
+    #[arg(long)]
+    vault: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum RoleCmd {
+    /// Give a user a role.
+    Assign(RoleArgs),
+    /// Take a role away.
+    Revoke(RoleArgs),
+    /// Every assignment (Owner, Security Admin, Auditor).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// What would USER need to perform OPERATION (on VAULT)? Validate policy on a test vault first.
+    Simulate {
+        /// User name.
+        #[arg(long)]
+        user: String,
+        /// Vault name (omit for server-wide operations).
+        #[arg(long)]
+        vault: Option<String>,
+        /// vault-read, vault-create, backup, check, retention, restore (= restore-request), restore-approve, role-manage, policy-change, audit-read.
+        #[arg(long)]
+        operation: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum AdminCmd {
     /// Add a new token-signing key (used after the next server start; old keys keep verifying).
     RotateTokenKey {
@@ -145,9 +238,9 @@ enum AdminCmd {
         /// Role for a new user: owner, contributor, backup-operator, restore-operator, reader, auditor, security-admin.
         #[arg(long, default_value = "owner")]
         role: String,
-        /// Public URL the link should use.
-        #[arg(long, env = "STRONGROOM_PUBLIC_URL", default_value = "http://localhost:8440")]
-        public_url: url::Url,
+        /// Public URL the link should use [default: the one the server last started with].
+        #[arg(long, env = "STRONGROOM_PUBLIC_URL")]
+        public_url: Option<url::Url>,
     },
 }
 
@@ -171,12 +264,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Server(args) => run_server(args).await,
         Cmd::Admin(AdminCmd::EnrollLink { data_dir, user, role, public_url }) => {
             server::routes::validate_username(&user).map_err(|e| anyhow::anyhow!("{e}"))?;
-            if !server::routes::ROLES.contains(&role.as_str()) {
-                bail!("unknown role {role:?}; one of {}", server::routes::ROLES.join(", "));
-            }
+            server::routes::check_role_name(&role).map_err(|e| anyhow::anyhow!("{e}"))?;
             if !data_dir.join("metadata.db").exists() {
                 bail!("{} holds no server data (start the server once first)", data_dir.display());
             }
+            let public_url = match public_url {
+                Some(u) => u,
+                None => match std::fs::read_to_string(data_dir.join("public-url")) {
+                    Ok(s) => url::Url::parse(s.trim()).context("the data directory's public-url file is damaged")?,
+                    Err(_) => url::Url::parse("http://localhost:8440")?,
+                },
+            };
             let config = server::ServerConfig { data_dir, public_url, attestation_roots: Vec::new() };
             let state = server::open_state(&config, server::Clock::default()).await?;
             let existing = state.store.user_by_name(&user).await?;
@@ -196,6 +294,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let kid = server::rotate_token_key(&data_dir, now)?;
             println!("{kid}");
             eprintln!("New token-signing key {kid}; restart the server to sign with it (older keys still verify).");
+            Ok(())
+        }
+        Cmd::Vault(cmd) => vault_cmd(cli.server.as_deref(), cli.token.as_deref(), cmd).await,
+        Cmd::Role(cmd) => role_cmd(cli.server.as_deref(), cli.token.as_deref(), cmd).await,
+        Cmd::Policy(PolicyCmd::Simulate { user, vault, operation, json }) => {
+            let operation = if operation == "restore" { "restore-request".to_string() } else { operation };
+            let mut api = client::Api::new(cli.server.as_deref(), cli.token.as_deref())?;
+            let v = api
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/policy/simulate",
+                    Some(serde_json::json!({"username": user, "vault": vault, "operation": operation})),
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{} → {} on {}:", user, operation, vault.as_deref().unwrap_or("the server"));
+                println!("  with a software passkey: {}", describe(&v["with_software_passkey"]));
+                println!("  with a hardware passkey: {}", describe(&v["with_hardware_passkey"]));
+                if let Some(a) = v.get("as_approver_of_others").filter(|a| !a.is_null()) {
+                    println!(
+                        "  approving others' restores: software {}, hardware {}",
+                        describe(&a["software"]),
+                        describe(&a["hardware"])
+                    );
+                }
+            }
             Ok(())
         }
         Cmd::Login => client::login(cli.server.as_deref()).await,
@@ -232,6 +358,9 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         attestation_roots: args.attestation_roots.clone(),
     };
     let state = Arc::new(server::open_state(&config, server::Clock::default()).await?);
+    // Remembered so offline tools on this host (admin enroll-link) print links users can open.
+    std::fs::write(args.data_dir.join("public-url"), format!("{}\n", args.public_url))
+        .with_context(|| format!("writing {}", args.data_dir.join("public-url").display()))?;
     if let Some(url) = server::first_start_link(&state).await.map_err(|e| anyhow::anyhow!("{e}"))? {
         eprintln!("No users yet. Enroll the first Owner within one hour at:");
         println!("{url}");
@@ -259,6 +388,121 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         server::serve(state, listener, shutdown).await?;
+    }
+    Ok(())
+}
+
+fn describe(d: &serde_json::Value) -> String {
+    match d["decision"].as_str() {
+        Some("allow") => "allowed".into(),
+        Some("approval_required") => format!(
+            "allowed once approved by a {} ({}{}approval at most {} s old)",
+            d["approver_role"].as_str().unwrap_or("?"),
+            if d["distinct_approver"].as_bool() == Some(true) { "another person, " } else { "" },
+            if d["require_hardware"].as_bool() == Some(true) { "hardware key, " } else { "" },
+            d["max_age"]
+        ),
+        Some("step_up") => format!("needs a passkey sign-in at most {} s old", d["max_age"]),
+        Some("deny") => format!("refused ({})", d["reason"].as_str().unwrap_or("?")),
+        _ => d.to_string(),
+    }
+}
+
+fn print_vault(v: &serde_json::Value) {
+    let p = &v["policy"];
+    println!(
+        "{}  {}  approvals: {}{}, at most {} s old",
+        v["name"].as_str().unwrap_or("?"),
+        v["kind"].as_str().unwrap_or("?"),
+        if p["require_hardware"].as_bool() == Some(true) { "hardware passkey" } else { "any passkey" },
+        if p["distinct_approver"].as_bool() == Some(true) { ", another person" } else { "" },
+        p["approval_max_age"]
+    );
+}
+
+async fn vault_cmd(server: Option<&str>, token: Option<&str>, cmd: VaultCmd) -> anyhow::Result<()> {
+    let mut api = client::Api::new(server, token)?;
+    match cmd {
+        VaultCmd::Create { name, kind, require_hardware, approval_max_age, distinct_approver, json } => {
+            let v = api
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/vaults",
+                    Some(serde_json::json!({"name": name, "kind": kind, "require_hardware": require_hardware,
+                        "approval_max_age": approval_max_age, "distinct_approver": distinct_approver})),
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?)
+            } else {
+                print_vault(&v)
+            }
+        }
+        VaultCmd::List { json } => {
+            let v = api.call(reqwest::Method::GET, "/api/v1/vaults", None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v["vaults"])?);
+            } else {
+                let list = v["vaults"].as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("No vaults you can see. Create one: strongroom vault create NAME");
+                }
+                list.iter().for_each(print_vault);
+            }
+        }
+        VaultCmd::Show { name, json } => {
+            let v = api.call(reqwest::Method::GET, &format!("/api/v1/vaults/{name}"), None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?)
+            } else {
+                print_vault(&v)
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn role_cmd(server: Option<&str>, token: Option<&str>, cmd: RoleCmd) -> anyhow::Result<()> {
+    let mut api = client::Api::new(server, token)?;
+    match cmd {
+        RoleCmd::Assign(a) => {
+            api.call(
+                reqwest::Method::POST,
+                "/api/v1/roles",
+                Some(serde_json::json!({"username": a.user, "role": a.role, "vault": a.vault})),
+            )
+            .await?;
+            println!("{} is now {}{}", a.user, a.role, a.vault.map(|v| format!(" on vault {v}")).unwrap_or_default());
+        }
+        RoleCmd::Revoke(a) => {
+            api.call(
+                reqwest::Method::POST,
+                "/api/v1/roles/revoke",
+                Some(serde_json::json!({"username": a.user, "role": a.role, "vault": a.vault})),
+            )
+            .await?;
+            println!(
+                "{} is no longer {}{}",
+                a.user,
+                a.role,
+                a.vault.map(|v| format!(" on vault {v}")).unwrap_or_default()
+            );
+        }
+        RoleCmd::List { json } => {
+            let v = api.call(reqwest::Method::GET, "/api/v1/roles", None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v["roles"])?);
+            } else {
+                for r in v["roles"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:20} {:18} {}",
+                        r["username"].as_str().unwrap_or("?"),
+                        r["role"].as_str().unwrap_or("?"),
+                        r["vault"].as_str().unwrap_or("(all vaults)")
+                    );
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -36,6 +36,17 @@ pub enum ApiError {
     /// Not found.
     #[error("{0}")]
     NotFound(String),
+    /// The access policy refuses.
+    #[error("{0}")]
+    Denied(policy::DenyReason),
+    /// Authentication is not strong or fresh enough (RFC 9470).
+    #[error("sign in again with a passkey (at most {max_age} seconds ago, acr {acr_values})")]
+    StepUp {
+        /// Acceptable `acr` values.
+        acr_values: String,
+        /// Maximum age of the authentication in seconds.
+        max_age: i64,
+    },
     /// The server failed; details are in its log.
     #[error("internal error")]
     Internal(String),
@@ -63,6 +74,8 @@ impl ApiError {
                 _ => "webauthn.failed",
             },
             ApiError::CredentialExists => "credential.already_registered",
+            ApiError::Denied(r) => r.code(),
+            ApiError::StepUp { .. } => "auth.insufficient_user_authentication",
             ApiError::Conflict(_) => "request.conflict",
             ApiError::NotFound(_) => "request.not_found",
             ApiError::Internal(_) => "server.internal",
@@ -84,6 +97,8 @@ impl ApiError {
                 _ => StatusCode::UNAUTHORIZED,
             },
             ApiError::CredentialExists | ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Denied(_) => StatusCode::FORBIDDEN,
+            ApiError::StepUp { .. } => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -116,7 +131,17 @@ impl IntoResponse for ApiError {
             tracing::info!(code = self.code(), "request refused");
         }
         let body = serde_json::json!({ "error": { "code": self.code(), "message": self.public_message() } });
-        (status, axum::Json(body)).into_response()
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let ApiError::StepUp { acr_values, max_age } = &self {
+            // RFC 9470 §3: the challenge names what would be enough.
+            let challenge = format!(
+                "Bearer error=\"insufficient_user_authentication\", error_description=\"A more recent passkey sign-in is required\", acr_values=\"{acr_values}\", max_age={max_age}"
+            );
+            if let Ok(v) = axum::http::HeaderValue::from_str(&challenge) {
+                resp.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, v);
+            }
+        }
+        resp
     }
 }
 

@@ -8,6 +8,7 @@ pub mod error;
 pub mod pages;
 pub mod routes;
 pub mod state;
+pub mod vaults;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +37,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/me/credentials/{id}", delete(revoke_credential))
         .route("/invites", post(invite))
         .route("/users", get(list_users))
+        .route("/vaults", post(vaults::create_vault).get(vaults::list_vaults))
+        .route("/vaults/{name}", get(vaults::show_vault))
+        .route("/roles", post(vaults::assign_role).get(vaults::list_roles))
+        .route("/roles/revoke", post(vaults::revoke_role))
+        .route("/policy/simulate", post(vaults::simulate))
         .route("/users/{username}/disable", post(disable_user))
         .route("/oauth/device_authorization", post(device_authorization))
         .route("/oauth/token", post(token))
@@ -55,7 +61,23 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/credentials", get(pages::credentials_page))
         .route("/assets/app.js", get(pages::app_js))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// One log line per request with the route template, never the raw path: enrollment tokens
+/// travel in paths and must not reach the log.
+async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "(unmatched)".into());
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    tracing::info!(%method, route, status = resp.status().as_u16(), ms = start.elapsed().as_millis() as u64, "request");
+    resp
 }
 
 /// Creates the first Owner's enrollment link if there are no users and no open link yet;

@@ -589,10 +589,6 @@ pub(crate) struct Invite {
     role: String,
 }
 
-/// Roles an invite may carry.
-pub const ROLES: &[&str] =
-    &["owner", "contributor", "backup-operator", "restore-operator", "reader", "auditor", "security-admin"];
-
 /// `POST /api/v1/invites` (owners only).
 pub(crate) async fn invite(
     State(state): St,
@@ -601,9 +597,7 @@ pub(crate) async fn invite(
 ) -> ApiResult<Json<serde_json::Value>> {
     require_owner(&state, &p, "invite users").await?;
     validate_username(&body.username)?;
-    if !ROLES.contains(&body.role.as_str()) {
-        return Err(ApiError::BadRequest(format!("unknown role {:?}; one of {}", body.role, ROLES.join(", "))));
-    }
+    check_role_name(&body.role)?;
     let url = create_enroll_link(&state, &body.username, &body.role, None, None, &p.user.username).await?;
     Ok(Json(serde_json::json!({ "url": url })))
 }
@@ -645,6 +639,17 @@ pub(crate) async fn disable_user(
     state.store.revoke_sessions_of_user(&user.id, now).await?;
     audit(&state, "user.disable", &p.user.username, "success", serde_json::json!({"user": username})).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Checks a role's command-line name.
+pub fn check_role_name(role: &str) -> ApiResult<()> {
+    match policy::Role::parse(role) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::BadRequest(format!(
+            "unknown role {role:?}; one of {}",
+            policy::Role::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
 }
 
 /// User names: 1–64 characters of letters, digits, `.`, `_`, `-`, `@`.

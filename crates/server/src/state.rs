@@ -69,6 +69,10 @@ pub struct AppState {
     pub clock: Clock,
     /// Cookies get the `Secure` attribute (HTTPS public URL).
     pub secure_cookies: bool,
+    /// The data directory (vault repositories live in `vaults/`).
+    pub data_dir: PathBuf,
+    /// The master key that wraps every vault's key-encryption keys.
+    pub master_key: repo::crypto::MasterKey,
 }
 
 /// Errors of start-up.
@@ -107,6 +111,9 @@ pub async fn open_state(config: &ServerConfig, clock: Clock) -> Result<AppState,
         }
     }
     let store = Store::open_sqlite(&dir.join("metadata.db")).await?;
+    let master_path = dir.join("keys/master.key");
+    let master_key = repo::crypto::MasterKey::load_or_create(&master_path, &mut rand_core::OsRng)
+        .map_err(|e| StartError::Config(format!("{}: {e}", master_path.display())))?;
     let keys_path = dir.join("keys/token-signing.json");
     let keys: Vec<StoredKey> = match std::fs::read(&keys_path) {
         Ok(bytes) => {
@@ -132,6 +139,8 @@ pub async fn open_state(config: &ServerConfig, clock: Clock) -> Result<AppState,
         public_url: config.public_url.clone(),
         clock,
         secure_cookies: config.public_url.scheme() == "https",
+        data_dir: dir.clone(),
+        master_key,
     })
 }
 

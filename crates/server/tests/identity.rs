@@ -572,3 +572,80 @@ async fn invites_carry_roles_and_disabling_a_user_ends_their_sessions() {
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     assert!(s.audit_kinds().await.contains(&"user.disable".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vaults_roles_and_policy_simulation_follow_the_policy_crate() {
+    let s = spawn().await;
+    let mut owner = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut owner, &s.first_link().await).await.0, StatusCode::OK);
+    let to = s.token(&mut owner, Some("owner")).await;
+    let (st, v) = s.post("/api/v1/vaults", json!({"name": "prod", "kind": "production"}), Some(&to)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert_eq!(v["policy"]["distinct_approver"], true);
+    assert!(s.state.data_dir.join("vaults/prod/config").exists(), "the vault has its repository");
+    let (st, v) = s.post("/api/v1/vaults", json!({"name": "prod"}), Some(&to)).await;
+    assert_eq!((st, code(&v)), (StatusCode::CONFLICT, "request.conflict"));
+    let (st, v) = s.post("/api/v1/vaults", json!({"name": "../etc"}), Some(&to)).await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "request.malformed"));
+    // Bob, a reader invited without vault roles, sees nothing and may create nothing.
+    let (_, inv) = s.post("/api/v1/invites", json!({"username": "bob", "role": "reader"}), Some(&to)).await;
+    let mut bob = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut bob, inv["url"].as_str().unwrap()).await.0, StatusCode::OK);
+    s.state
+        .store
+        .remove_role(&store::RoleAssignment {
+            user_id: s.state.store.user_by_name("bob").await.unwrap().unwrap().id,
+            role: "reader".into(),
+            vault: None,
+        })
+        .await
+        .unwrap();
+    let tb = s.token(&mut bob, Some("bob")).await;
+    assert_eq!(s.get("/api/v1/vaults", Some(&tb)).await.1["vaults"], json!([]));
+    let (st, v) = s.post("/api/v1/vaults", json!({"name": "mine"}), Some(&tb)).await;
+    assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "policy.no_role"));
+    // A vault-scoped role shows that vault only.
+    let (st, _) = s
+        .post("/api/v1/roles", json!({"username": "bob", "role": "restore-operator", "vault": "prod"}), Some(&to))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (_, list) = s.get("/api/v1/vaults", Some(&tb)).await;
+    assert_eq!(list["vaults"].as_array().unwrap().len(), 1);
+    // Bob cannot grant himself anything.
+    let (st, v) = s.post("/api/v1/roles", json!({"username": "bob", "role": "owner"}), Some(&tb)).await;
+    assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "policy.no_role"));
+    // The simulator tells what a restore needs.
+    let (st, sim) = s
+        .post(
+            "/api/v1/policy/simulate",
+            json!({"username": "bob", "vault": "prod", "operation": "restore-request"}),
+            Some(&to),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{sim}");
+    assert_eq!(sim["with_software_passkey"]["decision"], "approval_required");
+    assert_eq!(sim["with_software_passkey"]["approver_role"], "restore-operator");
+    assert_eq!(sim["as_approver_of_others"]["software"]["decision"], "allow");
+    let (_, sim) =
+        s.post("/api/v1/policy/simulate", json!({"username": "bob", "operation": "vault-create"}), Some(&to)).await;
+    assert_eq!(sim["with_hardware_passkey"], json!({"decision": "deny", "reason": "no_role"}));
+    // Decisions are audited, denials included.
+    let events = s.state.store.audit_events(0, 1000).await.unwrap();
+    assert!(events.iter().any(|e| e.event.kind == "decision" && e.event.outcome == "deny"));
+    // Granting roles needs a recent sign-in: RFC 9470 step-up on the (12-hour) browser session.
+    let _ = s.token(&mut owner, Some("owner")).await; // the cookie jar now holds the owner's session
+    s.state.clock.advance(policy::ADMIN_MAX_AGE + 60);
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/roles", s.base))
+        .json(&json!({"username": "bob", "role": "reader"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let challenge = resp.headers()[reqwest::header::WWW_AUTHENTICATE].to_str().unwrap().to_string();
+    assert!(challenge.starts_with("Bearer error=\"insufficient_user_authentication\""), "{challenge}");
+    assert!(challenge.contains("max_age=900") && challenge.contains("acr_values="), "{challenge}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(code(&body), "auth.insufficient_user_authentication");
+}

@@ -59,6 +59,7 @@ mod migrate;
 mod model;
 mod sessions;
 mod users;
+mod vaults;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -70,7 +71,7 @@ use sqlx::{Any, AnyPool, ConnectOptions, Executor, Row, Transaction};
 pub use error::{Result, StoreError};
 pub use model::{
     AuditEvent, AuditRecord, Ceremony, CredentialRecord, DeviceCode, DevicePoll, DeviceStatus, EnrollLink, RefreshUse,
-    RoleAssignment, Session, User,
+    RoleAssignment, Session, User, Vault,
 };
 
 /// How many connections a file-backed SQLite pool keeps. WAL lets readers run beside the one

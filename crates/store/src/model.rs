@@ -207,3 +207,18 @@ pub struct AuditRecord {
     pub seq: i64,
     pub event: AuditEvent,
 }
+
+/// A vault: its name, kind and restore-approval policy (JSON owned by the `policy` crate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vault {
+    /// Unique name.
+    pub name: String,
+    /// `test` or `production`.
+    pub kind: String,
+    /// The vault policy as JSON.
+    pub policy_json: String,
+    /// Creation time (unix seconds).
+    pub created_at: i64,
+    /// User id of the creator.
+    pub created_by: String,
+}

@@ -201,7 +201,29 @@ async fn migrations_are_recorded_once() {
     let pool = raw_pool(&path).await;
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version").fetch_all(&pool).await.unwrap();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2], "each migration recorded exactly once");
+}
+
+#[tokio::test]
+async fn vaults_are_created_once_listed_and_updated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&db_path(&dir)).await.unwrap();
+    let v = store::Vault {
+        name: "prod".into(),
+        kind: "production".into(),
+        policy_json: "{}".into(),
+        created_at: 10,
+        created_by: "u1".into(),
+    };
+    store.create_vault(&v).await.unwrap();
+    assert!(matches!(store.create_vault(&v).await, Err(StoreError::Conflict(_))));
+    let bad = store::Vault { name: "x".into(), kind: "weird".into(), ..v.clone() };
+    assert!(matches!(store.create_vault(&bad).await, Err(StoreError::Invalid(_))));
+    assert_eq!(store.vault("prod").await.unwrap(), Some(v.clone()));
+    assert_eq!(store.list_vaults().await.unwrap(), vec![v]);
+    store.set_vault_policy("prod", "{\"a\":1}").await.unwrap();
+    assert_eq!(store.vault("prod").await.unwrap().unwrap().policy_json, "{\"a\":1}");
+    assert!(matches!(store.set_vault_policy("nope", "{}").await, Err(StoreError::NotFound(_))));
 }
 
 #[tokio::test]

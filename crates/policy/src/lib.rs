@@ -1,0 +1,460 @@
+//! Access decisions, and nothing else: which role may do what, on which vault, with what
+//! strength and freshness of authentication. One pure function, [`decide`], with no I/O and no
+//! clock (callers pass `now`), so the whole policy is covered by a table test and can be
+//! simulated before it is relied on (`strongroom policy simulate`).
+//!
+//! The backup roles follow Azure Backup's split where it fits: Contributor manages vaults and
+//! backups but cannot grant access; Backup Operator runs backups and checks but cannot delete or
+//! change policy; Reader only looks. Strongroom adds Restore Operator (the only role whose
+//! passkey can approve a restore), Auditor (reads the audit log, never data) and Security Admin
+//! (policy, roles and, later, the second approval of critical operations).
+
+use serde::{Deserialize, Serialize};
+
+/// Built-in roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Everything on its scope, including granting roles; still needs approvals like anyone.
+    Owner,
+    /// Creates and manages vaults, backs up, requests restores, applies retention.
+    Contributor,
+    /// Backs up, checks, lists; requests restores; cannot delete or change policy.
+    BackupOperator,
+    /// Requests restores and approves other people's restores with a passkey.
+    RestoreOperator,
+    /// Lists vaults and snapshots; runs structural checks.
+    Reader,
+    /// Reads the audit log and vault metadata; never data.
+    Auditor,
+    /// Changes vault policy and grants roles below Owner; reads the audit log.
+    SecurityAdmin,
+}
+
+impl Role {
+    /// Every role, for tables and help texts.
+    pub const ALL: [Role; 7] = [
+        Role::Owner,
+        Role::Contributor,
+        Role::BackupOperator,
+        Role::RestoreOperator,
+        Role::Reader,
+        Role::Auditor,
+        Role::SecurityAdmin,
+    ];
+
+    /// The command-line and API name (`backup-operator`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Contributor => "contributor",
+            Role::BackupOperator => "backup-operator",
+            Role::RestoreOperator => "restore-operator",
+            Role::Reader => "reader",
+            Role::Auditor => "auditor",
+            Role::SecurityAdmin => "security-admin",
+        }
+    }
+
+    /// Parses the command-line and API name.
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// Where a role applies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scope {
+    /// Every vault and the server itself.
+    Server,
+    /// One vault.
+    Vault(String),
+}
+
+/// One role held by the principal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The role.
+    pub role: Role,
+    /// Where it applies.
+    pub scope: Scope,
+}
+
+/// Who is asking.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// User id.
+    pub user_id: String,
+    /// Roles held.
+    pub grants: Vec<Grant>,
+}
+
+/// How the principal authenticated for this request (from the token or the approval).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthContext {
+    /// The credential's attestation chains to a trusted root (`amr` contains `hwk`).
+    pub hardware: bool,
+    /// The authenticator verified the user (`amr` contains `user`).
+    pub user_verified: bool,
+    /// When the passkey assertion behind this request happened (unix seconds).
+    pub auth_time: i64,
+}
+
+/// What is being attempted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operation {
+    /// List vaults, show one, list its snapshots.
+    VaultRead,
+    /// Create a vault.
+    VaultCreate,
+    /// Back up into a vault.
+    Backup,
+    /// Structural or full check of a vault.
+    Check,
+    /// Apply retention rules (forget) and prune.
+    Retention,
+    /// Request a restore (runs only once approved).
+    RestoreRequest,
+    /// Approve someone's restore with a passkey.
+    RestoreApprove,
+    /// Assign or revoke roles.
+    RoleManage,
+    /// Change a vault's policy.
+    PolicyChange,
+    /// Read the audit log.
+    AuditRead,
+}
+
+impl Operation {
+    /// Every operation, for tables.
+    pub const ALL: [Operation; 10] = [
+        Operation::VaultRead,
+        Operation::VaultCreate,
+        Operation::Backup,
+        Operation::Check,
+        Operation::Retention,
+        Operation::RestoreRequest,
+        Operation::RestoreApprove,
+        Operation::RoleManage,
+        Operation::PolicyChange,
+        Operation::AuditRead,
+    ];
+}
+
+/// Vault kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VaultKind {
+    /// For trying policy out; same rules, lighter defaults.
+    Test,
+    /// Real backups.
+    Production,
+}
+
+/// What an approval of a restore from this vault needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultPolicy {
+    /// Test or production.
+    pub kind: VaultKind,
+    /// Only trusted-attested hardware authenticators may approve restores.
+    pub require_hardware: bool,
+    /// The approving assertion must be at most this many seconds old when the restore starts.
+    pub approval_max_age: i64,
+    /// The approver must be someone other than the requester.
+    pub distinct_approver: bool,
+}
+
+impl VaultPolicy {
+    /// Defaults per kind: production vaults need a different approver.
+    pub fn default_for(kind: VaultKind) -> VaultPolicy {
+        VaultPolicy {
+            kind,
+            require_hardware: false,
+            approval_max_age: 300,
+            distinct_approver: kind == VaultKind::Production,
+        }
+    }
+}
+
+/// The resource an operation targets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resource<'a> {
+    /// The server as a whole (creating vaults, managing server-wide roles, the audit log).
+    Server,
+    /// One vault and its policy.
+    Vault {
+        /// Vault name.
+        name: &'a str,
+        /// Its policy.
+        policy: &'a VaultPolicy,
+    },
+}
+
+/// Operations that change who may do what need an authentication at most this old.
+pub const ADMIN_MAX_AGE: i64 = 15 * 60;
+
+/// Why something is refused; each has a stable code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum DenyReason {
+    /// No role on this scope allows the operation.
+    #[error("no role allows this operation on this resource")]
+    NoRole,
+    /// The approver requested the restore themselves, and the vault requires another person.
+    #[error("the requester cannot approve their own restore on this vault")]
+    SelfApproval,
+    /// The vault requires a trusted-attested hardware authenticator for approvals.
+    #[error("this vault requires a hardware authenticator for approvals")]
+    HardwareRequired,
+    /// The approving assertion is older than the vault's freshness window.
+    #[error("the approval is older than this vault allows")]
+    ApprovalTooOld,
+    /// User verification did not happen.
+    #[error("user verification is required")]
+    UserNotVerified,
+}
+
+impl DenyReason {
+    /// Stable code for APIs and metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            DenyReason::NoRole => "policy.no_role",
+            DenyReason::SelfApproval => "policy.self_approval",
+            DenyReason::HardwareRequired => "policy.hardware_required",
+            DenyReason::ApprovalTooOld => "policy.approval_too_old",
+            DenyReason::UserNotVerified => "policy.user_not_verified",
+        }
+    }
+}
+
+/// The outcome of [`decide`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    /// Go ahead.
+    Allow,
+    /// Authenticate again (RFC 9470): with at least `acr_values`, no longer than `max_age` ago.
+    StepUp {
+        /// Required `acr` (space-separated, as in RFC 9470).
+        acr_values: String,
+        /// Required freshness in seconds.
+        max_age: i64,
+    },
+    /// Allowed once someone approves with a passkey (a restore).
+    ApprovalRequired {
+        /// The role the approver must hold on the vault.
+        approver_role: Role,
+        /// The approver must be another person.
+        distinct_approver: bool,
+        /// The approver's authenticator must be trusted hardware.
+        require_hardware: bool,
+        /// The approval must be at most this old when the job starts.
+        max_age: i64,
+    },
+    /// Refused.
+    Deny {
+        /// Why.
+        reason: DenyReason,
+    },
+}
+
+/// Which operations a role allows.
+pub fn role_allows(role: Role, op: Operation) -> bool {
+    use Operation::*;
+    match role {
+        Role::Owner => true,
+        Role::Contributor => {
+            matches!(op, VaultRead | VaultCreate | Backup | Check | Retention | RestoreRequest)
+        }
+        Role::BackupOperator => matches!(op, VaultRead | Backup | Check | RestoreRequest),
+        Role::RestoreOperator => matches!(op, VaultRead | RestoreRequest | RestoreApprove),
+        Role::Reader => matches!(op, VaultRead | Check),
+        Role::Auditor => matches!(op, VaultRead | AuditRead),
+        Role::SecurityAdmin => matches!(op, VaultRead | RoleManage | PolicyChange | AuditRead),
+    }
+}
+
+fn holds(principal: &Principal, resource: &Resource<'_>, f: impl Fn(Role) -> bool) -> bool {
+    principal.grants.iter().any(|g| {
+        f(g.role)
+            && match (&g.scope, resource) {
+                (Scope::Server, _) => true,
+                (Scope::Vault(v), Resource::Vault { name, .. }) => v == name,
+                (Scope::Vault(_), Resource::Server) => false,
+            }
+    })
+}
+
+/// Restore approval facts the decision needs beyond the principal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalFacts<'a> {
+    /// Who requested the restore being approved.
+    pub requester_id: &'a str,
+}
+
+/// Decides whether `principal`, authenticated as `auth`, may perform `op` on `resource` at
+/// `now`. For [`Operation::RestoreApprove`] pass `approval` (the restore's requester); `auth`
+/// is then the approval assertion itself.
+pub fn decide(
+    principal: &Principal,
+    auth: &AuthContext,
+    op: Operation,
+    resource: &Resource<'_>,
+    approval: Option<&ApprovalFacts<'_>>,
+    now: i64,
+) -> Decision {
+    if !holds(principal, resource, |r| role_allows(r, op)) {
+        return Decision::Deny { reason: DenyReason::NoRole };
+    }
+    if !auth.user_verified {
+        return Decision::Deny { reason: DenyReason::UserNotVerified };
+    }
+    match op {
+        Operation::RestoreRequest => match resource {
+            Resource::Vault { policy, .. } => Decision::ApprovalRequired {
+                approver_role: Role::RestoreOperator,
+                distinct_approver: policy.distinct_approver,
+                require_hardware: policy.require_hardware,
+                max_age: policy.approval_max_age,
+            },
+            Resource::Server => Decision::Deny { reason: DenyReason::NoRole },
+        },
+        Operation::RestoreApprove => {
+            let Resource::Vault { policy, .. } = resource else {
+                return Decision::Deny { reason: DenyReason::NoRole };
+            };
+            if policy.distinct_approver && approval.is_some_and(|a| a.requester_id == principal.user_id) {
+                return Decision::Deny { reason: DenyReason::SelfApproval };
+            }
+            if policy.require_hardware && !auth.hardware {
+                return Decision::Deny { reason: DenyReason::HardwareRequired };
+            }
+            if now - auth.auth_time > policy.approval_max_age {
+                return Decision::Deny { reason: DenyReason::ApprovalTooOld };
+            }
+            Decision::Allow
+        }
+        Operation::RoleManage | Operation::PolicyChange => {
+            if now - auth.auth_time > ADMIN_MAX_AGE {
+                Decision::StepUp { acr_values: "phr phrh".into(), max_age: ADMIN_MAX_AGE }
+            } else {
+                Decision::Allow
+            }
+        }
+        _ => Decision::Allow,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn principal(role: Role, scope: Scope) -> Principal {
+        Principal { user_id: "u1".into(), grants: vec![Grant { role, scope }] }
+    }
+
+    fn auth(hardware: bool, age: i64) -> AuthContext {
+        AuthContext { hardware, user_verified: true, auth_time: NOW - age }
+    }
+
+    /// The whole policy in one table: role × operation × authentication strength, on a
+    /// production vault with a hardware-only approval policy. `A` allow, `R` approval
+    /// required, `S` step-up, `-` deny (no role), `H` deny (hardware required).
+    #[test]
+    fn every_role_operation_and_strength() {
+        let policy = VaultPolicy { require_hardware: true, ..VaultPolicy::default_for(VaultKind::Production) };
+        let vault = Resource::Vault { name: "prod", policy: &policy };
+        // Columns: the operations in Operation::ALL order.
+        let table: [(Role, &str, &str); 7] = [
+            //                      software key   hardware key
+            (Role::Owner, "AAAAARHAAA", "AAAAARAAAA"),
+            (Role::Contributor, "AAAAAR----", "AAAAAR----"),
+            (Role::BackupOperator, "A-AA-R----", "A-AA-R----"),
+            (Role::RestoreOperator, "A----RH---", "A----RA---"),
+            (Role::Reader, "A--A------", "A--A------"),
+            (Role::Auditor, "A--------A", "A--------A"),
+            (Role::SecurityAdmin, "A------AAA", "A------AAA"),
+        ];
+        let requester = ApprovalFacts { requester_id: "someone-else" };
+        for (role, soft, hard) in table {
+            for (hardware, row) in [(false, soft), (true, hard)] {
+                for (op, want) in Operation::ALL.iter().zip(row.chars()) {
+                    let d = decide(
+                        &principal(role, Scope::Server),
+                        &auth(hardware, 10),
+                        *op,
+                        &vault,
+                        Some(&requester),
+                        NOW,
+                    );
+                    let got = match d {
+                        Decision::Allow => 'A',
+                        Decision::ApprovalRequired { .. } => 'R',
+                        Decision::StepUp { .. } => 'S',
+                        Decision::Deny { reason: DenyReason::NoRole } => '-',
+                        Decision::Deny { reason: DenyReason::HardwareRequired } => 'H',
+                        Decision::Deny { .. } => '?',
+                    };
+                    assert_eq!(got, want, "{role:?} {op:?} hardware={hardware}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn vault_scoped_roles_do_not_leak_to_other_vaults_or_the_server() {
+        let policy = VaultPolicy::default_for(VaultKind::Test);
+        let p = principal(Role::Contributor, Scope::Vault("a".into()));
+        let a = Resource::Vault { name: "a", policy: &policy };
+        let b = Resource::Vault { name: "b", policy: &policy };
+        assert_eq!(decide(&p, &auth(false, 0), Operation::Backup, &a, None, NOW), Decision::Allow);
+        assert_eq!(
+            decide(&p, &auth(false, 0), Operation::Backup, &b, None, NOW),
+            Decision::Deny { reason: DenyReason::NoRole }
+        );
+        assert_eq!(
+            decide(&p, &auth(false, 0), Operation::VaultCreate, &Resource::Server, None, NOW),
+            Decision::Deny { reason: DenyReason::NoRole }
+        );
+    }
+
+    #[test]
+    fn restore_approvals_check_person_strength_and_freshness() {
+        let prod = VaultPolicy::default_for(VaultKind::Production);
+        let test = VaultPolicy::default_for(VaultKind::Test);
+        let p = principal(Role::RestoreOperator, Scope::Vault("v".into()));
+        let own = ApprovalFacts { requester_id: "u1" };
+        let v = Resource::Vault { name: "v", policy: &prod };
+        assert_eq!(
+            decide(&p, &auth(false, 0), Operation::RestoreApprove, &v, Some(&own), NOW),
+            Decision::Deny { reason: DenyReason::SelfApproval }
+        );
+        let t = Resource::Vault { name: "v", policy: &test };
+        assert_eq!(decide(&p, &auth(false, 0), Operation::RestoreApprove, &t, Some(&own), NOW), Decision::Allow);
+        let other = ApprovalFacts { requester_id: "u2" };
+        assert_eq!(
+            decide(&p, &auth(false, prod.approval_max_age + 1), Operation::RestoreApprove, &v, Some(&other), NOW),
+            Decision::Deny { reason: DenyReason::ApprovalTooOld }
+        );
+        let no_uv = AuthContext { user_verified: false, ..auth(true, 0) };
+        assert_eq!(
+            decide(&p, &no_uv, Operation::RestoreApprove, &v, Some(&other), NOW),
+            Decision::Deny { reason: DenyReason::UserNotVerified }
+        );
+    }
+
+    #[test]
+    fn granting_roles_needs_a_recent_sign_in() {
+        let p = principal(Role::SecurityAdmin, Scope::Server);
+        assert_eq!(decide(&p, &auth(false, 60), Operation::RoleManage, &Resource::Server, None, NOW), Decision::Allow);
+        assert_eq!(
+            decide(&p, &auth(false, ADMIN_MAX_AGE + 1), Operation::RoleManage, &Resource::Server, None, NOW),
+            Decision::StepUp { acr_values: "phr phrh".into(), max_age: ADMIN_MAX_AGE }
+        );
+        let json = serde_json::to_value(Decision::StepUp { acr_values: "phr".into(), max_age: 5 }).unwrap();
+        assert_eq!(json["decision"], "step_up");
+    }
+}
