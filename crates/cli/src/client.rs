@@ -278,3 +278,35 @@ pub(crate) async fn logout(server: Option<&str>) -> anyhow::Result<()> {
     println!("Signed out.");
     Ok(())
 }
+
+/// A blocking client for long jobs (backup, restore): explicit token, or the stored login with
+/// a refresher that rotates the refresh token and saves it. Call outside async code.
+pub(crate) fn remote(server: Option<&str>, token: Option<&str>) -> anyhow::Result<crate::remote::Remote> {
+    let stored = load_login()?;
+    let base = server_url(server, stored.as_ref())?;
+    if let Some(t) = token {
+        return crate::remote::Remote::new(base, t.to_string(), None);
+    }
+    let Some(login) = stored else {
+        bail!("not signed in: run strongroom login --server {base} (or pass --token)");
+    };
+    let access = login.access_token.clone();
+    let state = std::sync::Mutex::new(login);
+    let refresher = move || -> anyhow::Result<String> {
+        let mut l = state.lock().unwrap_or_else(|p| p.into_inner());
+        let client = reqwest::blocking::Client::new();
+        let resp = client
+            .post(format!("{}/api/v1/oauth/token", l.server))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", l.refresh_token.as_str())])
+            .send()?;
+        if !resp.status().is_success() {
+            bail!("the stored login has ended; run strongroom login");
+        }
+        let t: TokenOk = resp.json()?;
+        l.access_token = t.access_token.clone();
+        l.refresh_token = t.refresh_token;
+        save_login(&l)?;
+        Ok(t.access_token)
+    };
+    crate::remote::Remote::new(base, access, Some(Box::new(refresher)))
+}

@@ -2,6 +2,7 @@
 //! administration on the server host.
 
 mod client;
+mod remote;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,27 @@ enum Cmd {
     /// Show who the stored login or token belongs to.
     Whoami {
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Back up files, directories and disk images into a vault (only new chunks are uploaded).
+    Backup {
+        /// Vault name.
+        #[arg(long)]
+        vault: String,
+        /// What to back up.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print the result as JSON (no progress bar).
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a vault's snapshots.
+    Snapshots {
+        /// Vault name.
+        #[arg(long)]
+        vault: String,
+        /// Print JSON: objects with id, time, paths, hostname, summary.
         #[arg(long)]
         json: bool,
     },
@@ -294,6 +316,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let kid = server::rotate_token_key(&data_dir, now)?;
             println!("{kid}");
             eprintln!("New token-signing key {kid}; restart the server to sign with it (older keys still verify).");
+            Ok(())
+        }
+        Cmd::Backup { vault, paths, json } => {
+            let (server, token) = (cli.server.clone(), cli.token.clone());
+            tokio::task::spawn_blocking(move || {
+                let remote = client::remote(server.as_deref(), token.as_deref())?;
+                remote::backup(&remote, &vault, &paths, json)
+            })
+            .await?
+        }
+        Cmd::Snapshots { vault, json } => {
+            let mut api = client::Api::new(cli.server.as_deref(), cli.token.as_deref())?;
+            let v = api.call(reqwest::Method::GET, &format!("/api/v1/vaults/{vault}/snapshots"), None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v["snapshots"])?);
+            } else {
+                let list = v["snapshots"].as_array().cloned().unwrap_or_default();
+                if list.is_empty() {
+                    println!("No snapshots in {vault} yet: strongroom backup --vault {vault} PATH...");
+                }
+                for s in list {
+                    let paths: Vec<String> = serde_json::from_value(s["paths"].clone()).unwrap_or_default();
+                    println!(
+                        "{}  {}  {:>8.1} MB  {}  {}",
+                        s["short_id"].as_str().unwrap_or("?"),
+                        s["time"].as_str().unwrap_or("?"),
+                        s["summary"]["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                        s["hostname"].as_str().unwrap_or(""),
+                        paths.join(" ")
+                    );
+                }
+            }
             Ok(())
         }
         Cmd::Vault(cmd) => vault_cmd(cli.server.as_deref(), cli.token.as_deref(), cmd).await,

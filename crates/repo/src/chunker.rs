@@ -63,6 +63,16 @@ impl ChunkHasher {
         ChunkHasher { key: *key.expose() }
     }
 
+    /// The key (for handing to a client half in another process).
+    pub fn key(&self) -> [u8; 32] {
+        self.key
+    }
+
+    /// A hasher from raw key bytes (the client half, given the key by the server).
+    pub fn from_key(key: [u8; 32]) -> ChunkHasher {
+        ChunkHasher { key }
+    }
+
     /// The id of a chunk with plaintext `data`.
     pub fn id(&self, data: &[u8]) -> Id {
         Id(*blake3::keyed_hash(&self.key, data).as_bytes())

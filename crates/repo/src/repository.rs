@@ -304,6 +304,12 @@ impl Repository {
         &self.hasher
     }
 
+    /// The chunk-id key itself, for a client half in another process (sent only to callers
+    /// allowed to back up into this repository).
+    pub fn hasher_key(&self) -> [u8; 32] {
+        self.hasher.key()
+    }
+
     /// The storage backend.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend

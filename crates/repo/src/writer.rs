@@ -49,9 +49,26 @@ pub trait ChunkSink: Sync {
 
 const UPLOADERS: usize = 2;
 
+/// The repository a writer writes to: borrowed (in-process backups) or shared (a server's
+/// sessions outlive any one request).
+enum RepoRef<'r> {
+    Borrowed(&'r Repository),
+    Shared(Arc<Repository>),
+}
+
+impl std::ops::Deref for RepoRef<'_> {
+    type Target = Repository;
+    fn deref(&self) -> &Repository {
+        match self {
+            RepoRef::Borrowed(r) => r,
+            RepoRef::Shared(r) => r,
+        }
+    }
+}
+
 /// A write session on a repository.
 pub struct Writer<'r> {
-    repo: &'r Repository,
+    repo: RepoRef<'r>,
     open: Mutex<Vec<PackBuilder>>,
     seen: Mutex<HashSet<Id>>,
     written: Arc<Mutex<Vec<IndexPack>>>,
@@ -77,6 +94,15 @@ pub struct WriterStats {
 
 impl<'r> Writer<'r> {
     pub(crate) fn new(repo: &'r Repository) -> Writer<'r> {
+        Self::with(RepoRef::Borrowed(repo))
+    }
+
+    /// A session that owns a handle on the repository, for servers.
+    pub fn shared(repo: Arc<Repository>) -> Writer<'static> {
+        Writer::with(RepoRef::Shared(repo))
+    }
+
+    fn with(repo: RepoRef<'r>) -> Writer<'r> {
         let (tx, rx) = crossbeam_channel::bounded::<FinishedPack>(UPLOADERS);
         let written = Arc::new(Mutex::new(Vec::new()));
         let failure: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
@@ -111,6 +137,11 @@ impl<'r> Writer<'r> {
             stats: WriterStats::default(),
             force: false,
         }
+    }
+
+    /// The repository written to.
+    pub fn repository(&self) -> &Repository {
+        &self.repo
     }
 
     /// Counters so far.
@@ -221,7 +252,7 @@ impl ChunkSink for Writer<'_> {
         if chunk.kind == BlobKind::Tree {
             // Listings come from the client: check them now, so a snapshot that could not be
             // restored is never committed.
-            verify_tree_chunk(self.repo, &chunk)?;
+            verify_tree_chunk(&self.repo, &chunk)?;
         }
         let mut pack = lock(&self.open).pop().unwrap_or_else(|| self.new_pack());
         pack.add(chunk.id, chunk.kind, chunk.compressed, chunk.raw_len, &chunk.data);
@@ -246,6 +277,28 @@ impl Drop for Writer<'_> {
             let _ = h.join();
         }
     }
+}
+
+/// Checks that a chunk from an untrusted client is what its id says (decompresses to its
+/// recorded length and hashes to its id). The server half calls this on every chunk that
+/// arrives over the network, so no client can store data under another chunk's id.
+pub fn verify_chunk(repo: &Repository, chunk: &PreparedChunk) -> Result<()> {
+    let bad = |why: &str| Error::Invalid(format!("chunk {} refused: {why}", chunk.id));
+    let plain;
+    let data = if chunk.compressed {
+        plain =
+            crate::chunker::decompress(&chunk.data, chunk.raw_len as usize).ok_or_else(|| bad("bad compression"))?;
+        &plain[..]
+    } else {
+        &chunk.data[..]
+    };
+    if data.len() != chunk.raw_len as usize || repo.hasher().id(data) != chunk.id {
+        return Err(bad("contents do not match the id"));
+    }
+    if chunk.kind == BlobKind::Tree {
+        verify_tree_chunk(repo, chunk)?;
+    }
+    Ok(())
 }
 
 fn verify_tree_chunk(repo: &Repository, chunk: &PreparedChunk) -> Result<()> {

@@ -4,6 +4,7 @@
 //! stable codes ([`error::ApiError`]) is mapped to HTTP in one place.
 
 pub mod auth;
+pub mod backups;
 pub mod error;
 pub mod pages;
 pub mod routes;
@@ -42,6 +43,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/roles", post(vaults::assign_role).get(vaults::list_roles))
         .route("/roles/revoke", post(vaults::revoke_role))
         .route("/policy/simulate", post(vaults::simulate))
+        .route("/vaults/{name}/backups", post(backups::start))
+        .route("/vaults/{name}/snapshots", get(backups::snapshots))
+        .route("/vaults/{name}/trees/{id}", get(backups::tree))
+        .route("/backups/{id}/missing", post(backups::missing))
+        .route("/backups/{id}/commit", post(backups::commit))
         .route("/users/{username}/disable", post(disable_user))
         .route("/oauth/device_authorization", post(device_authorization))
         .route("/oauth/token", post(token))
@@ -61,6 +67,13 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/credentials", get(pages::credentials_page))
         .route("/assets/app.js", get(pages::app_js))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        // Chunk uploads are the one route with large bodies.
+        .merge(
+            Router::new()
+                .route("/api/v1/backups/{id}/chunks", post(backups::chunks))
+                .layer(axum::extract::DefaultBodyLimit::max(backups::UPLOAD_LIMIT))
+                .layer(tower_http::limit::RequestBodyLimitLayer::new(backups::UPLOAD_LIMIT)),
+        )
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
 }

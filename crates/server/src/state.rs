@@ -73,6 +73,8 @@ pub struct AppState {
     pub data_dir: PathBuf,
     /// The master key that wraps every vault's key-encryption keys.
     pub master_key: repo::crypto::MasterKey,
+    /// Open vault repositories and backup sessions.
+    pub vaults: crate::backups::Vaults,
 }
 
 /// Errors of start-up.
@@ -141,6 +143,7 @@ pub async fn open_state(config: &ServerConfig, clock: Clock) -> Result<AppState,
         secure_cookies: config.public_url.scheme() == "https",
         data_dir: dir.clone(),
         master_key,
+        vaults: Default::default(),
     })
 }
 

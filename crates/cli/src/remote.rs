@@ -1,0 +1,311 @@
+//! The client half of a backup over HTTP: the engine's `Archiver` reads, chunks, hashes and
+//! compresses locally; `HttpSink` asks the server which chunks it lacks and uploads only those,
+//! in binary batches, from several threads at once.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use repo::{ChunkSink, Id, PreparedChunk};
+
+/// Ids per `missing` query (about 35 KB of JSON).
+const MISSING_PER_QUERY: usize = 500;
+
+/// Upload batches are sent once they reach this size.
+const BATCH: usize = 8 << 20;
+
+/// Where HTTP calls go and how they authenticate.
+pub(crate) struct Remote {
+    pub(crate) client: reqwest::blocking::Client,
+    pub(crate) base: String,
+    token: RwLock<String>,
+    /// Refreshes the access token (stored login); `None` for an explicit token.
+    refresher: Option<Box<dyn Fn() -> anyhow::Result<String> + Send + Sync>>,
+}
+
+impl Remote {
+    pub(crate) fn new(
+        base: String,
+        token: String,
+        refresher: Option<Box<dyn Fn() -> anyhow::Result<String> + Send + Sync>>,
+    ) -> anyhow::Result<Remote> {
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(300)).build()?;
+        Ok(Remote { client, base, token: RwLock::new(token), refresher })
+    }
+
+    /// Sends a request built by `build`, refreshing the token once on a 401.
+    pub(crate) fn send(
+        &self,
+        build: &dyn Fn(&reqwest::blocking::Client, &str) -> reqwest::blocking::RequestBuilder,
+    ) -> anyhow::Result<reqwest::blocking::Response> {
+        let mut refreshed = false;
+        loop {
+            let token = self.token.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let resp = build(&self.client, &self.base)
+                .bearer_auth(&token)
+                .send()
+                .with_context(|| format!("cannot reach {}", self.base))?;
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED && !refreshed {
+                if let Some(r) = &self.refresher {
+                    *self.token.write().unwrap_or_else(|p| p.into_inner()) = r()?;
+                    refreshed = true;
+                    continue;
+                }
+            }
+            if !resp.status().is_success() {
+                let status = resp.status();
+                let v: serde_json::Value = resp.json().unwrap_or(serde_json::Value::Null);
+                bail!(
+                    "the server refused ({status}, {}): {}",
+                    v["error"]["code"].as_str().unwrap_or(""),
+                    v["error"]["message"].as_str().unwrap_or("")
+                );
+            }
+            return Ok(resp);
+        }
+    }
+
+    pub(crate) fn get_json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(self.send(&|c, b| c.get(format!("{b}{path}")))?.json()?)
+    }
+
+    pub(crate) fn post_json(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        Ok(self.send(&|c, b| c.post(format!("{b}{path}")).json(body))?.json()?)
+    }
+}
+
+/// A `ChunkSink` that talks to a backup session on the server.
+pub(crate) struct HttpSink<'a> {
+    remote: &'a Remote,
+    backup_id: String,
+    buf: Mutex<Vec<u8>>,
+    pub(crate) uploaded: AtomicU64,
+    failed: AtomicBool,
+}
+
+fn backend_err(e: anyhow::Error) -> repo::Error {
+    repo::Error::Backend { object: "server".into(), message: format!("{e:#}") }
+}
+
+impl<'a> HttpSink<'a> {
+    pub(crate) fn new(remote: &'a Remote, backup_id: String) -> Self {
+        HttpSink {
+            remote,
+            backup_id,
+            buf: Mutex::new(Vec::with_capacity(BATCH + (1 << 20))),
+            uploaded: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    fn upload(&self, batch: Vec<u8>) -> repo::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let path = format!("/api/v1/backups/{}/chunks", self.backup_id);
+        let len = batch.len() as u64;
+        let body = bytes::Bytes::from(batch);
+        self.remote
+            .send(&|c, b| {
+                c.post(format!("{b}{path}")).header("content-type", "application/octet-stream").body(body.clone())
+            })
+            .map_err(|e| {
+                self.failed.store(true, Ordering::Relaxed);
+                backend_err(e)
+            })?;
+        self.uploaded.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends what is still buffered.
+    pub(crate) fn flush(&self) -> repo::Result<()> {
+        let batch = std::mem::take(&mut *self.buf.lock().unwrap_or_else(|p| p.into_inner()));
+        self.upload(batch)
+    }
+}
+
+impl ChunkSink for HttpSink<'_> {
+    fn missing(&self, ids: &[Id]) -> repo::Result<Vec<bool>> {
+        // Queries stay under the server's 64 KiB limit for JSON bodies.
+        let mut out = Vec::with_capacity(ids.len());
+        for part in ids.chunks(MISSING_PER_QUERY) {
+            let hex: Vec<String> = part.iter().map(Id::to_hex).collect();
+            let v = self
+                .remote
+                .post_json(&format!("/api/v1/backups/{}/missing", self.backup_id), &serde_json::json!({ "ids": hex }))
+                .map_err(backend_err)?;
+            let list: Vec<bool> = serde_json::from_value(v["missing"].clone()).map_err(|e| backend_err(e.into()))?;
+            if list.len() != part.len() {
+                return Err(backend_err(anyhow::anyhow!(
+                    "the server answered for {} ids, asked {}",
+                    list.len(),
+                    part.len()
+                )));
+            }
+            out.extend(list);
+        }
+        Ok(out)
+    }
+
+    fn put(&self, chunk: PreparedChunk) -> repo::Result<()> {
+        let full = {
+            let mut buf = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+            buf.extend_from_slice(&chunk.id.0);
+            buf.push(match chunk.kind {
+                repo::pack::BlobKind::Data => 0,
+                repo::pack::BlobKind::Tree => 1,
+            });
+            buf.push(u8::from(chunk.compressed));
+            buf.extend_from_slice(&chunk.raw_len.to_le_bytes());
+            buf.extend_from_slice(&(chunk.data.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&chunk.data);
+            if buf.len() >= BATCH {
+                Some(std::mem::replace(&mut *buf, Vec::with_capacity(BATCH + (1 << 20))))
+            } else {
+                None
+            }
+        };
+        // Upload outside the lock so other threads keep filling the next batch.
+        match full {
+            Some(batch) => self.upload(batch),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Reads listings of earlier snapshots from the server, for change detection.
+struct HttpTrees<'a> {
+    remote: &'a Remote,
+    vault: String,
+}
+
+impl repo::backup::TreeSource for HttpTrees<'_> {
+    fn tree(&self, id: &Id) -> repo::Result<repo::model::Tree> {
+        let v = self
+            .remote
+            .get_json(&format!("/api/v1/vaults/{}/trees/{}", self.vault, id.to_hex()))
+            .map_err(backend_err)?;
+        serde_json::from_value(v).map_err(|e| backend_err(e.into()))
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+/// `strongroom backup --vault NAME PATH...`
+pub(crate) fn backup(remote: &Remote, vault: &str, paths: &[PathBuf], json: bool) -> anyhow::Result<()> {
+    for p in paths {
+        if std::fs::symlink_metadata(p).is_err() {
+            bail!("{}: no such file or directory", p.display());
+        }
+    }
+    let started = std::time::Instant::now();
+    let session = remote.post_json(&format!("/api/v1/vaults/{vault}/backups"), &serde_json::json!({}))?;
+    let backup_id = session["backup_id"].as_str().context("no backup id in the answer")?.to_string();
+    let chunker: repo::chunker::ChunkerParams = serde_json::from_value(session["chunker"].clone())?;
+    let level = session["compression_level"].as_i64().unwrap_or(3) as i32;
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(session["chunk_id_key"].as_str().unwrap_or(""), &mut key)
+        .context("bad chunk-id key from the server")?;
+    let hasher = repo::chunker::ChunkHasher::from_key(key);
+
+    // Parent: the newest snapshot of the same paths from this host.
+    let abs: Vec<String> = paths
+        .iter()
+        .map(|p| std::path::absolute(p).map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    let host = hostname();
+    let list = remote.get_json(&format!("/api/v1/vaults/{vault}/snapshots"))?;
+    let parent = list["snapshots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+        .find(|s| {
+            s["hostname"].as_str() == Some(host.as_str())
+                && serde_json::from_value::<Vec<String>>(s["paths"].clone()).ok().as_ref() == Some(&abs)
+        })
+        .and_then(|s| Some((Id::from_hex(s["id"].as_str()?)?, Id::from_hex(s["tree"].as_str()?)?)));
+    let parent_files = match parent {
+        Some((_, tree)) => {
+            Some(repo::backup::ParentFiles::load(&HttpTrees { remote, vault: vault.to_string() }, &tree)?)
+        }
+        None => None,
+    };
+
+    let progress = repo::backup::Progress::default();
+    let sink = HttpSink::new(remote, backup_id.clone());
+    let archiver = repo::backup::Archiver::new(
+        &hasher,
+        repo::backup::BackupOptions { chunker, compression_level: level },
+        &progress,
+    );
+    let done = AtomicBool::new(false);
+    let show = !json && std::io::stderr().is_terminal();
+    let out = std::thread::scope(|s| {
+        if show {
+            s.spawn(|| draw_progress(&progress, &sink, &done));
+        }
+        let r = archiver.run(paths, parent_files.as_ref(), &sink).and_then(|o| sink.flush().map(|_| o));
+        done.store(true, Ordering::Relaxed);
+        r
+    })?;
+    let commit = remote.post_json(
+        &format!("/api/v1/backups/{backup_id}/commit"),
+        &serde_json::json!({"tree": out.tree.to_hex(), "paths": out.paths, "hostname": host,
+            "parent": parent.map(|p| p.0.to_hex()), "summary": out.summary}),
+    )?;
+    let secs = started.elapsed().as_secs_f64();
+    let s = &out.summary;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "snapshot_id": commit["snapshot_id"], "time": commit["time"], "summary": s, "seconds": secs,
+                "uploaded_bytes": sink.uploaded.load(Ordering::Relaxed), "warnings": out.warnings,
+            }))?
+        );
+    } else {
+        for w in &out.warnings {
+            eprintln!("warning: {w}");
+        }
+        // Share of the snapshot's bytes that did not need uploading (unchanged files or known chunks).
+        let dedup = if s.bytes > 0 { 100.0 * (1.0 - s.new_bytes as f64 / s.bytes as f64).max(0.0) } else { 100.0 };
+        println!(
+            "snapshot {} saved: {} files, {} dirs, {:.1} MB; read {} files ({:.1} MB) in {:.1} s ({:.0} MB/s); new {:.1} MB, uploaded {:.1} MB; dedup {:.0} %",
+            &commit["snapshot_id"].as_str().unwrap_or("?")[..8.min(commit["snapshot_id"].as_str().unwrap_or("").len())],
+            s.files, s.dirs, s.bytes as f64 / 1e6, s.files_read, s.bytes_read as f64 / 1e6, secs,
+            s.bytes_read as f64 / 1e6 / secs.max(1e-9), s.new_bytes as f64 / 1e6,
+            sink.uploaded.load(Ordering::Relaxed) as f64 / 1e6, dedup
+        );
+    }
+    Ok(())
+}
+
+fn draw_progress(p: &repo::backup::Progress, sink: &HttpSink<'_>, done: &AtomicBool) {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    while !done.load(Ordering::Relaxed) {
+        bar.set_length(p.bytes_total.load(Ordering::Relaxed));
+        bar.set_position(p.bytes_done.load(Ordering::Relaxed));
+        let read = p.bytes_done.load(Ordering::Relaxed).max(1);
+        let new = p.bytes_new.load(Ordering::Relaxed);
+        bar.set_message(format!(
+            "files {}/{}  new {:.1} MB  uploaded {:.1} MB  dedup {:.0} %",
+            p.files_done.load(Ordering::Relaxed),
+            p.files_total.load(Ordering::Relaxed),
+            new as f64 / 1e6,
+            sink.uploaded.load(Ordering::Relaxed) as f64 / 1e6,
+            100.0 * (1.0 - new as f64 / read as f64).max(0.0)
+        ));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+}

@@ -1,0 +1,318 @@
+//! Backups through the server: the server half of the engine behind HTTP. The client (CLI)
+//! chunks, hashes and compresses; asks which chunks are missing; uploads only those in binary
+//! batches; commits the snapshot, whose time is the server's clock. Every chunk from the network
+//! is re-verified (decompress + keyed hash) before it is stored: a client cannot put data under
+//! another chunk's id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::Json;
+use policy::{Operation, Resource, VaultPolicy};
+use repo::{Id, PreparedChunk, Repository, Writer};
+use serde::Deserialize;
+
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::routes::audit;
+use crate::state::AppState;
+use crate::vaults::authorize;
+
+type St = State<Arc<AppState>>;
+
+/// Largest upload batch.
+pub const MAX_BATCH: usize = 64 << 20;
+/// Ids per `missing` query.
+pub const MAX_IDS: usize = 100_000;
+
+/// One backup in progress.
+pub struct BackupSession {
+    vault: String,
+    user_id: String,
+    writer: Writer<'static>,
+}
+
+/// Open repositories and backup sessions.
+#[derive(Default)]
+pub struct Vaults {
+    repos: Mutex<HashMap<String, Arc<Repository>>>,
+    sessions: Mutex<HashMap<String, Arc<BackupSession>>>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+fn repo_err(e: repo::Error) -> ApiError {
+    match e {
+        repo::Error::Invalid(m) => ApiError::BadRequest(m),
+        repo::Error::NotFound(m) => ApiError::NotFound(m),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+/// The open repository of a vault (opened once, then shared).
+pub async fn open_repo(state: &AppState, vault: &str) -> ApiResult<Arc<Repository>> {
+    if let Some(r) = state.vaults.repos.lock().unwrap_or_else(|p| p.into_inner()).get(vault) {
+        return Ok(r.clone());
+    }
+    let dir = state.data_dir.join("vaults").join(vault);
+    let master = state.master_key.clone();
+    let repo = tokio::task::spawn_blocking(move || -> Result<Repository, repo::Error> {
+        let backend = Arc::new(repo::ObjectStoreBackend::local(&dir)?);
+        Repository::open(backend, &master, repo::SharedRng::os())
+    })
+    .await
+    .map_err(internal)?
+    .map_err(repo_err)?;
+    let repo = Arc::new(repo);
+    let mut map = state.vaults.repos.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(map.entry(vault.to_string()).or_insert(repo).clone())
+}
+
+async fn vault_policy(state: &AppState, name: &str) -> ApiResult<VaultPolicy> {
+    let v = state.store.vault(name).await?.ok_or_else(|| ApiError::NotFound(format!("no vault {name}")))?;
+    serde_json::from_str(&v.policy_json).map_err(internal)
+}
+
+/// `POST /api/v1/vaults/{vault}/backups`: opens a backup session.
+pub(crate) async fn start(
+    State(state): St,
+    p: Principal,
+    Path(vault): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let policy = vault_policy(&state, &vault).await?;
+    authorize(&state, &p, Operation::Backup, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    let repo = open_repo(&state, &vault).await?;
+    let id = identity::codes::random_token(&mut rand_core::OsRng);
+    let config = repo.config().clone();
+    let key = hex::encode(repo.hasher_key());
+    let session = BackupSession { vault: vault.clone(), user_id: p.user.id.clone(), writer: Writer::shared(repo) };
+    state.vaults.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Arc::new(session));
+    audit(&state, "backup.start", &p.user.username, "success", serde_json::json!({"vault": vault, "backup_id": id}))
+        .await?;
+    Ok(Json(serde_json::json!({
+        "backup_id": id,
+        "chunker": config.chunker,
+        "compression_level": config.compression_level,
+        "chunk_id_key": key,
+    })))
+}
+
+fn session(state: &AppState, p: &Principal, id: &str) -> ApiResult<Arc<BackupSession>> {
+    let s = state
+        .vaults
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(id)
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound("no such backup session (it may have ended)".into()))?;
+    if s.user_id != p.user.id {
+        return Err(ApiError::NotFound("no such backup session (it may have ended)".into()));
+    }
+    Ok(s)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Missing {
+    ids: Vec<String>,
+}
+
+/// `POST /api/v1/backups/{id}/missing` `{"ids": [hex…]}` → `{"missing": [bool…]}`
+pub(crate) async fn missing(
+    State(state): St,
+    p: Principal,
+    Path(id): Path<String>,
+    Json(body): Json<Missing>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let s = session(&state, &p, &id)?;
+    if body.ids.len() > MAX_IDS {
+        return Err(ApiError::BadRequest(format!("at most {MAX_IDS} ids per query")));
+    }
+    let ids = body
+        .ids
+        .iter()
+        .map(|h| Id::from_hex(h).ok_or_else(|| ApiError::BadRequest("ids are 64 hex digits".into())))
+        .collect::<ApiResult<Vec<Id>>>()?;
+    let missing = repo::ChunkSink::missing(&s.writer, &ids).map_err(repo_err)?;
+    Ok(Json(serde_json::json!({ "missing": missing })))
+}
+
+/// Parses an upload batch: repeated `id[32] kind u8 flags u8 raw_len u32le len u32le data[len]`.
+pub fn parse_batch(body: &[u8]) -> Result<Vec<PreparedChunk>, String> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < body.len() {
+        let head = body.get(at..at + 42).ok_or("truncated chunk header")?;
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&head[..32]);
+        let kind = match head[32] {
+            0 => repo::pack::BlobKind::Data,
+            1 => repo::pack::BlobKind::Tree,
+            k => return Err(format!("unknown chunk kind {k}")),
+        };
+        let compressed = match head[33] {
+            0 => false,
+            1 => true,
+            f => return Err(format!("unknown chunk flags {f}")),
+        };
+        let raw_len = u32::from_le_bytes([head[34], head[35], head[36], head[37]]);
+        let len = u32::from_le_bytes([head[38], head[39], head[40], head[41]]) as usize;
+        let data = body.get(at + 42..at + 42 + len).ok_or("truncated chunk data")?;
+        out.push(PreparedChunk { id: Id(id), kind, raw_len, compressed, data: data.to_vec() });
+        at += 42 + len;
+    }
+    Ok(out)
+}
+
+/// `POST /api/v1/backups/{id}/chunks` (binary batch): verifies and stores every chunk.
+pub(crate) async fn chunks(
+    State(state): St,
+    p: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let s = session(&state, &p, &id)?;
+    let batch = parse_batch(&body).map_err(ApiError::BadRequest)?;
+    let n = batch.len();
+    let stored: u64 = batch.iter().map(|c| c.data.len() as u64).sum();
+    tokio::task::spawn_blocking(move || -> Result<(), repo::Error> {
+        for chunk in batch {
+            let repo = s.writer.repository();
+            repo::writer::verify_chunk(repo, &chunk)?;
+            repo::ChunkSink::put(&s.writer, chunk)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(internal)?
+    .map_err(repo_err)?;
+    Ok(Json(serde_json::json!({ "stored": n, "bytes": stored })))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Commit {
+    tree: String,
+    paths: Vec<String>,
+    #[serde(default)]
+    hostname: String,
+    #[serde(default)]
+    parent: Option<String>,
+    #[serde(default)]
+    summary: repo::model::Summary,
+}
+
+/// `POST /api/v1/backups/{id}/commit`: makes everything durable, then records the snapshot at
+/// the server's time.
+pub(crate) async fn commit(
+    State(state): St,
+    p: Principal,
+    Path(id): Path<String>,
+    Json(body): Json<Commit>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let tree = Id::from_hex(&body.tree).ok_or_else(|| ApiError::BadRequest("tree is 64 hex digits".into()))?;
+    let parent = match &body.parent {
+        Some(h) => Some(Id::from_hex(h).ok_or_else(|| ApiError::BadRequest("parent is 64 hex digits".into()))?),
+        None => None,
+    };
+    session(&state, &p, &id)?;
+    let s = state
+        .vaults
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id)
+        .ok_or(ApiError::NotFound("no such backup session".into()))?;
+    // Requests still uploading hold the session; wait for them briefly.
+    let mut s = s;
+    let session = loop {
+        match Arc::try_unwrap(s) {
+            Ok(x) => break x,
+            Err(back) => {
+                s = back;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let vault = session.vault.clone();
+    let now = time::OffsetDateTime::from_unix_timestamp(state.clock.now()).map_err(internal)?;
+    let hostname: String = body.hostname.chars().take(255).collect();
+    let paths = body.paths.clone();
+    let (snap_id, snap) =
+        tokio::task::spawn_blocking(move || session.writer.commit(tree, paths, hostname, parent, body.summary, now))
+            .await
+            .map_err(internal)?
+            .map_err(repo_err)?;
+    audit(
+        &state,
+        "backup.commit",
+        &p.user.username,
+        "success",
+        serde_json::json!({"vault": vault, "snapshot": snap_id.to_hex(), "summary": snap.summary}),
+    )
+    .await?;
+    Ok(Json(serde_json::json!({ "snapshot_id": snap_id.to_hex(), "time": snap.time.unix_timestamp() })))
+}
+
+/// `GET /api/v1/vaults/{vault}/snapshots`
+pub(crate) async fn snapshots(
+    State(state): St,
+    p: Principal,
+    Path(vault): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let policy = vault_policy(&state, &vault).await?;
+    authorize(&state, &p, Operation::VaultRead, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    let repo = open_repo(&state, &vault).await?;
+    let list = tokio::task::spawn_blocking(move || repo.snapshots()).await.map_err(internal)?.map_err(repo_err)?;
+    let out: Vec<serde_json::Value> = list
+        .iter()
+        .map(|(id, s)| {
+            serde_json::json!({
+                "id": id.to_hex(), "short_id": id.short(),
+                "time": s.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                "paths": s.paths, "hostname": s.hostname, "tree": s.tree.to_hex(), "summary": s.summary,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "snapshots": out })))
+}
+
+/// `GET /api/v1/vaults/{vault}/trees/{id}`: a directory listing (for incremental backups).
+pub(crate) async fn tree(
+    State(state): St,
+    p: Principal,
+    Path((vault, id)): Path<(String, String)>,
+) -> ApiResult<Json<repo::model::Tree>> {
+    let policy = vault_policy(&state, &vault).await?;
+    authorize(&state, &p, Operation::Backup, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    let id = Id::from_hex(&id).ok_or_else(|| ApiError::BadRequest("tree ids are 64 hex digits".into()))?;
+    let repo = open_repo(&state, &vault).await?;
+    let tree = tokio::task::spawn_blocking(move || repo.load_tree(&id)).await.map_err(internal)?.map_err(repo_err)?;
+    Ok(Json(tree))
+}
+
+/// Upload batches may be large; everything else keeps the small global limit.
+pub const UPLOAD_LIMIT: usize = MAX_BATCH + 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_parse_and_truncation_is_refused() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&[7u8; 32]);
+        b.extend_from_slice(&[0, 1]);
+        b.extend_from_slice(&5u32.to_le_bytes());
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(b"abc");
+        let parsed = parse_batch(&b).unwrap();
+        assert_eq!(parsed.len(), 1);
+        assert!(parsed[0].compressed && parsed[0].raw_len == 5 && parsed[0].data == b"abc");
+        assert!(parse_batch(&b[..b.len() - 1]).is_err());
+        assert!(parse_batch(&b[..10]).is_err());
+    }
+}
