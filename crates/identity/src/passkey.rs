@@ -204,6 +204,23 @@ impl RelyingParty {
         self.core.generate_challenge_authenticate(builder).map_err(map_err)
     }
 
+    /// Like [`RelyingParty::start_authentication`], but the challenge is `challenge` (derived by
+    /// the caller from an operation digest and a server nonce) instead of a random one, so the
+    /// authenticator's signature covers that exact operation and can be re-checked offline.
+    pub fn start_bound_authentication(
+        &self,
+        credentials: Vec<Credential>,
+        challenge: [u8; 32],
+    ) -> Result<(RequestChallengeResponse, AuthenticationState), IdentityError> {
+        let (mut rcr, state) = self.start_authentication(credentials)?;
+        rcr.public_key.challenge = challenge.to_vec();
+        // The library keeps the challenge in its (serialisable) state; replace it there too.
+        let mut v = serde_json::to_value(&state).map_err(|e| IdentityError::Malformed(e.to_string()))?;
+        v["challenge"] = serde_json::Value::String(b64url(&challenge));
+        let state = serde_json::from_value(v).map_err(|e| IdentityError::Malformed(e.to_string()))?;
+        Ok((rcr, state))
+    }
+
     /// Verifies an assertion made with `credential` against the ceremony `state`; the
     /// counter must increase (a regression means a cloned authenticator).
     pub fn finish_authentication(

@@ -58,7 +58,8 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
 /// A [`Backend`] over any `object_store` store: local directory, in-memory, S3, Azure Blob.
 pub struct ObjectStoreBackend {
     store: Arc<dyn ObjectStore>,
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (taken out in `Drop`).
+    runtime: Option<tokio::runtime::Runtime>,
     /// For a local directory: its path, so writes can be fsynced (the `object_store` local
     /// store renames a staged file into place but never calls fsync).
     local_root: Option<PathBuf>,
@@ -93,7 +94,15 @@ impl ObjectStoreBackend {
             .enable_all()
             .build()
             .map_err(|e| Error::io("(tokio runtime)", e))?;
-        Ok(ObjectStoreBackend { store, runtime, local_root, dirty_dirs: Mutex::new(BTreeSet::new()) })
+        Ok(ObjectStoreBackend { store, runtime: Some(runtime), local_root, dirty_dirs: Mutex::new(BTreeSet::new()) })
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match &self.runtime {
+            Some(rt) => rt.block_on(f),
+            // Unreachable: the runtime is only taken in `Drop`.
+            None => futures::executor::block_on(f),
+        }
     }
 
     fn fsync_local(&self, name: &str) -> Result<()> {
@@ -134,32 +143,31 @@ fn map_err(name: &str, e: object_store::Error) -> Error {
 impl Backend for ObjectStoreBackend {
     fn put(&self, name: &str, data: Bytes) -> Result<()> {
         let path = ObjPath::from(name);
-        self.runtime.block_on(self.store.put(&path, PutPayload::from_bytes(data))).map_err(|e| map_err(name, e))?;
+        self.block_on(self.store.put(&path, PutPayload::from_bytes(data))).map_err(|e| map_err(name, e))?;
         self.fsync_local(name)
     }
 
     fn get(&self, name: &str) -> Result<Bytes> {
         let path = ObjPath::from(name);
-        self.runtime.block_on(async { self.store.get(&path).await?.bytes().await }).map_err(|e| map_err(name, e))
+        self.block_on(async { self.store.get(&path).await?.bytes().await }).map_err(|e| map_err(name, e))
     }
 
     fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes> {
         let path = ObjPath::from(name);
-        self.runtime.block_on(self.store.get_range(&path, range)).map_err(|e| map_err(name, e))
+        self.block_on(self.store.get_range(&path, range)).map_err(|e| map_err(name, e))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         let path = ObjPath::from(prefix);
-        self.runtime
-            .block_on(async {
-                self.store.list(Some(&path)).map_ok(|m| (m.location.to_string(), m.size)).try_collect::<Vec<_>>().await
-            })
-            .map_err(|e| map_err(prefix, e))
+        self.block_on(async {
+            self.store.list(Some(&path)).map_ok(|m| (m.location.to_string(), m.size)).try_collect::<Vec<_>>().await
+        })
+        .map_err(|e| map_err(prefix, e))
     }
 
     fn delete(&self, name: &str) -> Result<()> {
         let path = ObjPath::from(name);
-        match self.runtime.block_on(self.store.delete(&path)) {
+        match self.block_on(self.store.delete(&path)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(map_err(name, e)),
         }
@@ -180,5 +188,14 @@ impl Backend for ObjectStoreBackend {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for ObjectStoreBackend {
+    fn drop(&mut self) {
+        // A server drops repositories from async code; a plain drop of a runtime there panics.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 }

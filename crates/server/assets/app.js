@@ -181,6 +181,22 @@ document.addEventListener("DOMContentLoaded", () => {
       await api("/api/v1/device/deny", { user_code: document.getElementById("user-code").value });
       status("Denied. The device will not be signed in.");
     });
+  } else if (page === "approval") {
+    const id = document.body.dataset.approval;
+    document.getElementById("approve").onclick = run(async () => {
+      status("Confirm with your passkey…");
+      const start = await api(`/api/v1/approvals/${encodeURIComponent(id)}/start`, {});
+      if (start.digest !== document.getElementById("digest").textContent) throw new Error("the operation changed; reload the page");
+      const cred = await navigator.credentials.get(requestOptions(start.options));
+      await api(`/api/v1/approvals/${encodeURIComponent(id)}/finish`, { ceremony_id: start.ceremony_id, credential: assertionJson(cred) });
+      document.getElementById("approval-status").textContent = "approved";
+      status("Approved. The restore can start.");
+    });
+    document.getElementById("deny").onclick = run(async () => {
+      await api(`/api/v1/approvals/${encodeURIComponent(id)}/deny`, {});
+      document.getElementById("approval-status").textContent = "denied";
+      status("Denied. The restore will not run.");
+    });
   } else if (page === "credentials") {
     loadCredentials().catch((e) => status(e.message, true));
     document.getElementById("add").onclick = run(async () => {

@@ -3,6 +3,7 @@
 //! Handlers are thin (extract, call `identity` and `store`, convert); one error type with
 //! stable codes ([`error::ApiError`]) is mapped to HTTP in one place.
 
+pub mod approvals;
 pub mod auth;
 pub mod backups;
 pub mod error;
@@ -48,6 +49,12 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/vaults/{name}/trees/{id}", get(backups::tree))
         .route("/backups/{id}/missing", post(backups::missing))
         .route("/backups/{id}/commit", post(backups::commit))
+        .route("/vaults/{name}/restores", post(approvals::request))
+        .route("/approvals/{id}", get(approvals::show))
+        .route("/approvals/{id}/start", post(approvals::start))
+        .route("/approvals/{id}/finish", post(approvals::finish))
+        .route("/approvals/{id}/deny", post(approvals::deny))
+        .route("/restores/{id}", get(approvals::status))
         .route("/users/{username}/disable", post(disable_user))
         .route("/oauth/device_authorization", post(device_authorization))
         .route("/oauth/token", post(token))
@@ -65,6 +72,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/enroll/{token}", get(pages::enroll_page))
         .route("/device", get(pages::device_page))
         .route("/credentials", get(pages::credentials_page))
+        .route("/approvals/{id}", get(pages::approval_page))
         .route("/assets/app.js", get(pages::app_js))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         // Chunk uploads are the one route with large bodies.

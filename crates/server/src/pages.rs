@@ -123,6 +123,57 @@ fn url_encode(s: &str) -> String {
         .collect()
 }
 
+/// `GET /approvals/{id}`: what will be restored, by whom, to where; approve with one touch.
+pub(crate) async fn approval_page(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let signed_in = match cookie(&headers, SESSION_COOKIE) {
+        Some(t) => live_session(&state, &identity::codes::token_hash(t), state.clock.now()).await.is_ok(),
+        None => false,
+    };
+    let id: String = id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(64).collect();
+    if !signed_in {
+        return Redirect::to(&format!("/login?next={}", url_encode(&format!("/approvals/{id}")))).into_response();
+    }
+    let Ok(Some(a)) = state.store.approval(&id).await else {
+        return page("Approval not found", "approval-missing", "", "<p>No such approval request.</p>");
+    };
+    let op: serde_json::Value = serde_json::from_str(&a.operation_json).unwrap_or_default();
+    let when = time::OffsetDateTime::from_unix_timestamp(a.created_at)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default();
+    let paths = op["paths"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    let body = format!(
+        r#"<p>Someone asks to restore data. Approve only if you know why.</p>
+<dl>
+<dt>Vault</dt><dd>{vault}</dd>
+<dt>Snapshot</dt><dd><code>{snapshot}</code></dd>
+<dt>Paths</dt><dd>{paths}</dd>
+<dt>Target directory</dt><dd><code>{target}</code></dd>
+<dt>Requested by</dt><dd>{requester}</dd>
+<dt>Requested at</dt><dd>{when}</dd>
+<dt>Status</dt><dd id="approval-status">{status}</dd>
+<dt>Operation digest (SHA-256)</dt><dd><code id="digest">{digest}</code></dd>
+</dl>
+<button id="approve" type="button">Approve with passkey</button> <button id="deny" type="button">Deny</button>"#,
+        vault = esc(op["vault"].as_str().unwrap_or("")),
+        snapshot = esc(op["snapshot"].as_str().unwrap_or("")),
+        paths = if paths.is_empty() { "everything".to_string() } else { esc(&paths) },
+        target = esc(op["target"].as_str().unwrap_or("")),
+        requester = esc(op["requester"].as_str().unwrap_or("")),
+        when = esc(&when),
+        status = esc(&a.status),
+        digest = esc(&a.digest),
+    );
+    page("Approve a restore", "approval", &format!(r#"data-approval="{}""#, esc(&id)), &body)
+}
+
 /// `GET /credentials`
 pub(crate) async fn credentials_page(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
     let signed_in = match cookie(&headers, SESSION_COOKIE) {

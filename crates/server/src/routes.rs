@@ -57,14 +57,22 @@ struct EnrollCeremony {
 }
 
 #[derive(Serialize, Deserialize)]
-struct LoginCeremony {
-    state: AuthenticationState,
-    user_id: Option<String>,
+pub(crate) struct LoginCeremony {
+    pub(crate) state: AuthenticationState,
+    pub(crate) user_id: Option<String>,
     /// For device approval: the user code being approved.
-    user_code: Option<String>,
+    pub(crate) user_code: Option<String>,
+    /// For an operation approval: its id and digest.
+    #[serde(default)]
+    pub(crate) approval: Option<(String, String)>,
 }
 
-async fn put_ceremony<T: Serialize>(state: &AppState, kind: &str, subject: &str, value: &T) -> ApiResult<String> {
+pub(crate) async fn put_ceremony<T: Serialize>(
+    state: &AppState,
+    kind: &str,
+    subject: &str,
+    value: &T,
+) -> ApiResult<String> {
     let id = random_token(&mut rand_core::OsRng);
     let c = store::Ceremony {
         id: id.clone(),
@@ -77,7 +85,11 @@ async fn put_ceremony<T: Serialize>(state: &AppState, kind: &str, subject: &str,
     Ok(id)
 }
 
-async fn take_ceremony<T: for<'de> Deserialize<'de>>(state: &AppState, id: &str, kind: &str) -> ApiResult<T> {
+pub(crate) async fn take_ceremony<T: for<'de> Deserialize<'de>>(
+    state: &AppState,
+    id: &str,
+    kind: &str,
+) -> ApiResult<T> {
     if id.len() > 128 {
         return Err(ApiError::CeremonyInvalid);
     }
@@ -269,24 +281,30 @@ pub(crate) async fn login_start(State(state): St, body: Option<Json<LoginStart>>
         None => (Vec::new(), None),
     };
     let (rcr, auth_state) = state.rp.start_authentication(creds)?;
-    let id = put_ceremony(&state, "login", "", &LoginCeremony { state: auth_state, user_id, user_code: None }).await?;
+    let id = put_ceremony(
+        &state,
+        "login",
+        "",
+        &LoginCeremony { state: auth_state, user_id, user_code: None, approval: None },
+    )
+    .await?;
     Ok(Json(StartResponse { ceremony_id: id, options: serde_json::to_value(rcr).map_err(internal)? }))
 }
 
-async fn active_credentials(state: &AppState, user_id: &str) -> ApiResult<Vec<Credential>> {
+pub(crate) async fn active_credentials(state: &AppState, user_id: &str) -> ApiResult<Vec<Credential>> {
     let records = state.store.active_credentials_of(user_id).await?;
     records.iter().map(|r| serde_json::from_str::<Credential>(&r.credential_json).map_err(internal)).collect()
 }
 
 #[derive(Deserialize)]
 pub(crate) struct AssertionFinish {
-    ceremony_id: String,
-    credential: PublicKeyCredential,
+    pub(crate) ceremony_id: String,
+    pub(crate) credential: PublicKeyCredential,
 }
 
 /// Verifies an assertion for a login or approval ceremony; returns the user, the credential
 /// record and the strength. Counter regressions lock the credential.
-async fn verify_assertion(
+pub(crate) async fn verify_assertion(
     state: &AppState,
     c: &LoginCeremony,
     pkc: &PublicKeyCredential,
@@ -854,7 +872,12 @@ pub(crate) async fn device_approve_start(
         &state,
         "device",
         &code,
-        &LoginCeremony { state: auth_state, user_id: Some(p.user.id.clone()), user_code: Some(code.clone()) },
+        &LoginCeremony {
+            state: auth_state,
+            user_id: Some(p.user.id.clone()),
+            user_code: Some(code.clone()),
+            approval: None,
+        },
     )
     .await?;
     Ok(Json(

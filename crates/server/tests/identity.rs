@@ -649,3 +649,219 @@ async fn vaults_roles_and_policy_simulation_follow_the_policy_crate() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(code(&body), "auth.insufficient_user_authentication");
 }
+
+/// Owner, a restore operator (alice) and a reader (carol); vaults `prod` (production) and `hw`
+/// (hardware-only approvals), each with one snapshot.
+async fn restore_fixture() -> (Srv, String, (SoftKey, String), (SoftKey, String), (SoftKey, String)) {
+    let s = spawn().await;
+    let mut owner = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut owner, &s.first_link().await).await.0, StatusCode::OK);
+    let to = s.token(&mut owner, Some("owner")).await;
+    for (name, hw) in [("prod", false), ("hw", true)] {
+        let (st, v) = s
+            .post("/api/v1/vaults", json!({"name": name, "kind": "production", "require_hardware": hw}), Some(&to))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        let repo = server::backups::open_repo(&s.state, name).await.unwrap();
+        let src = s._dir.path().join(format!("src-{name}"));
+        testkit::make_tree(&src);
+        tokio::task::spawn_blocking(move || {
+            repo::backup::backup_local(
+                &repo,
+                &[src],
+                None,
+                "h",
+                testkit::fixed_time(1_800_000_000),
+                &Default::default(),
+            )
+            .unwrap()
+        })
+        .await
+        .unwrap();
+    }
+    let mut people = Vec::new();
+    for (user, role) in [("alice", "restore-operator"), ("carol", "reader")] {
+        let (_, inv) = s.post("/api/v1/invites", json!({"username": user, "role": role}), Some(&to)).await;
+        let mut key = SoftKey::new().unwrap();
+        assert_eq!(s.enroll(&mut key, inv["url"].as_str().unwrap()).await.0, StatusCode::OK);
+        let t = s.token(&mut key, Some(user)).await;
+        people.push((key, t));
+    }
+    let carol = people.pop().unwrap();
+    let alice = people.pop().unwrap();
+    (s, to, (owner, String::new()), alice, carol)
+}
+
+async fn request_restore(s: &Srv, token: &str, vault: &str) -> Value {
+    let (st, v) = s
+        .post(
+            &format!("/api/v1/vaults/{vault}/restores"),
+            json!({"snapshot": "latest", "target": "/tmp/restore-here"}),
+            Some(token),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    v
+}
+
+/// Starts an approval ceremony as `token` and signs it with `key`; returns (start answer, assertion).
+async fn sign_approval(s: &Srv, key: &mut SoftKey, token: &str, approval: &str) -> (StatusCode, Value, Option<Value>) {
+    let (st, start) = s.post(&format!("/api/v1/approvals/{approval}/start"), json!({}), Some(token)).await;
+    if st != StatusCode::OK {
+        return (st, start, None);
+    }
+    let pkc = key.assert(&s.base, serde_json::from_value(start["options"].clone()).unwrap()).unwrap();
+    (st, start, Some(serde_json::to_value(pkc).unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_runs_only_after_a_restore_operator_approves_that_exact_operation() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let (s, to, _owner, (mut alice, ta), (mut carol, tc)) = restore_fixture().await;
+    let r = request_restore(&s, &to, "prod").await;
+    let id = r["approval_id"].as_str().unwrap().to_string();
+    assert_eq!(r["restore_id"], r["approval_id"]);
+    assert_eq!(r["approval_url"], format!("{}/approvals/{id}", s.base));
+    // The digest is SHA-256 of the canonical operation the server shows.
+    let (_, shown) = s.get(&format!("/api/v1/approvals/{id}"), Some(&ta)).await;
+    assert_eq!(shown["status"], "pending");
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(shown["operation_json"].as_str().unwrap().as_bytes())),
+        r["digest"].as_str().unwrap()
+    );
+    assert_eq!(shown["operation"]["requester"], "owner");
+    // Not approved yet: no grant.
+    assert_eq!(s.get(&format!("/api/v1/restores/{id}"), Some(&to)).await.1["status"], "pending");
+    // A reader cannot approve; neither can the requester (no role, then four-eyes).
+    let (st, v, _) = sign_approval(&s, &mut carol, &tc, &id).await;
+    assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "policy.no_role"));
+    let (st, v) = s
+        .post("/api/v1/roles", json!({"username": "owner", "role": "restore-operator", "vault": "prod"}), Some(&to))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    let mut owner_key = _owner.0;
+    let (st, v, _) = sign_approval(&s, &mut owner_key, &to, &id).await;
+    assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "policy.self_approval"));
+    // An assertion from the ceremony of another approval is refused.
+    let other = request_restore(&s, &to, "prod").await;
+    let other_id = other["approval_id"].as_str().unwrap();
+    let (_, other_start, other_pkc) = sign_approval(&s, &mut alice, &ta, other_id).await;
+    let (st, v) = s
+        .post(
+            &format!("/api/v1/approvals/{id}/finish"),
+            json!({"ceremony_id": other_start["ceremony_id"], "credential": other_pkc}),
+            Some(&ta),
+        )
+        .await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "webauthn.ceremony_invalid"), "{v}");
+    let (_, start, _) = sign_approval(&s, &mut alice, &ta, &id).await;
+    let (_, _, foreign_pkc) = sign_approval(&s, &mut alice, &ta, other_id).await;
+    let (st, v) = s
+        .post(
+            &format!("/api/v1/approvals/{id}/finish"),
+            json!({"ceremony_id": start["ceremony_id"], "credential": foreign_pkc}),
+            Some(&ta),
+        )
+        .await;
+    assert_eq!(
+        (st, code(&v)),
+        (StatusCode::BAD_REQUEST, "webauthn.mismatch"),
+        "the signature covers the other digest: {v}"
+    );
+    // Alice approves; the signed challenge is bound to the digest and the server nonce.
+    let (_, start, pkc) = sign_approval(&s, &mut alice, &ta, &id).await;
+    let body = json!({"ceremony_id": start["ceremony_id"], "credential": pkc});
+    let (st, v) = s.post(&format!("/api/v1/approvals/{id}/finish"), body.clone(), Some(&ta)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let client_data = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(pkc.as_ref().unwrap()["response"]["clientDataJSON"].as_str().unwrap())
+        .unwrap();
+    let client_data: Value = serde_json::from_slice(&client_data).unwrap();
+    let nonce = hex::decode(start["nonce"].as_str().unwrap()).unwrap();
+    let expect = server::approvals::approval_challenge(r["digest"].as_str().unwrap(), &nonce.try_into().unwrap());
+    assert_eq!(client_data["challenge"], base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(expect));
+    // A replayed assertion is refused.
+    let (st, v) = s.post(&format!("/api/v1/approvals/{id}/finish"), body, Some(&ta)).await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "webauthn.ceremony_invalid"));
+    // The requester's session gets the grant exactly once.
+    let (st, g) = s.get(&format!("/api/v1/restores/{id}"), Some(&to)).await;
+    assert_eq!(st, StatusCode::OK, "{g}");
+    assert!(g["grant"].as_str().unwrap().len() >= 43);
+    assert_eq!(s.get(&format!("/api/v1/restores/{id}"), Some(&to)).await.1["status"], "consumed");
+    // The full WebAuthn evidence is in the audit log.
+    let events = s.state.store.audit_events(0, 10_000).await.unwrap();
+    let ev = events.iter().find(|e| e.event.kind == "restore.approve" && e.event.outcome == "approved").unwrap();
+    let d: Value = serde_json::from_str(&ev.event.details_json).unwrap();
+    for f in ["credential_id", "authenticator_data", "client_data_json", "signature", "digest"] {
+        assert!(d["evidence"][f].is_string(), "{f} missing from the evidence");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_are_refused_for_software_keys_on_hardware_vaults_stale_approvals_and_revoked_credentials() {
+    let (s, to, _owner, (mut alice, ta), _carol) = restore_fixture().await;
+    let r = request_restore(&s, &to, "hw").await;
+    let id = r["approval_id"].as_str().unwrap();
+    let (_, start, pkc) = sign_approval(&s, &mut alice, &ta, id).await;
+    let (st, v) = s
+        .post(
+            &format!("/api/v1/approvals/{id}/finish"),
+            json!({"ceremony_id": start["ceremony_id"], "credential": pkc}),
+            Some(&ta),
+        )
+        .await;
+    assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "policy.hardware_required"), "{v}");
+    // Approved, but the grant is asked for after the vault's freshness window.
+    let r = request_restore(&s, &to, "prod").await;
+    let id = r["approval_id"].as_str().unwrap();
+    let (_, start, pkc) = sign_approval(&s, &mut alice, &ta, id).await;
+    assert_eq!(
+        s.post(
+            &format!("/api/v1/approvals/{id}/finish"),
+            json!({"ceremony_id": start["ceremony_id"], "credential": pkc}),
+            Some(&ta)
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    s.state.clock.advance(301);
+    let (st, v) = s.get(&format!("/api/v1/restores/{id}"), Some(&to)).await;
+    assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "policy.approval_too_old"), "{v}");
+    // A revoked credential cannot approve, even if its holder strips the allow-list.
+    let ta = s.token(&mut alice, Some("alice")).await;
+    let to = {
+        let mut k = _owner.0;
+        s.token(&mut k, Some("owner")).await
+    };
+    let (_, link) = s.post("/api/v1/me/credentials/add", json!({}), Some(&ta)).await;
+    let mut alice2 = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut alice2, link["url"].as_str().unwrap()).await.0, StatusCode::OK);
+    let ta2 = s.token(&mut alice2, Some("alice")).await;
+    let (_, creds) = s.get("/api/v1/me/credentials", Some(&ta2)).await;
+    let first = creds["credentials"].as_array().unwrap().iter().min_by_key(|c| c["created_at"].as_i64()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp =
+        s.http.delete(format!("{}/api/v1/me/credentials/{first}", s.base)).bearer_auth(&ta2).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let r = request_restore(&s, &to, "prod").await;
+    let id = r["approval_id"].as_str().unwrap();
+    let (st, start) = s.post(&format!("/api/v1/approvals/{id}/start"), json!({}), Some(&ta2)).await;
+    assert_eq!(st, StatusCode::OK);
+    let mut opts: webauthn_rs_proto::RequestChallengeResponse =
+        serde_json::from_value(start["options"].clone()).unwrap();
+    opts.public_key.allow_credentials.clear();
+    let pkc = alice.assert(&s.base, opts).unwrap();
+    let (st, v) = s
+        .post(
+            &format!("/api/v1/approvals/{id}/finish"),
+            json!({"ceremony_id": start["ceremony_id"], "credential": pkc}),
+            Some(&ta2),
+        )
+        .await;
+    assert_eq!((st, code(&v)), (StatusCode::UNAUTHORIZED, "webauthn.unknown_credential"), "{v}");
+    assert_eq!(s.get(&format!("/api/v1/approvals/{id}"), Some(&to)).await.1["status"], "pending");
+}

@@ -50,6 +50,7 @@
 //!
 //! (`?` = nullable.) An instant `t` is "expired" when `now >= t`.
 
+mod approvals;
 mod audit;
 mod ceremonies;
 mod credentials;
@@ -70,8 +71,8 @@ use sqlx::{Any, AnyPool, ConnectOptions, Executor, Row, Transaction};
 
 pub use error::{Result, StoreError};
 pub use model::{
-    AuditEvent, AuditRecord, Ceremony, CredentialRecord, DeviceCode, DevicePoll, DeviceStatus, EnrollLink, RefreshUse,
-    RoleAssignment, Session, User, Vault,
+    Approval, AuditEvent, AuditRecord, Ceremony, CredentialRecord, DeviceCode, DevicePoll, DeviceStatus, EnrollLink,
+    RefreshUse, RoleAssignment, Session, User, Vault,
 };
 
 /// How many connections a file-backed SQLite pool keeps. WAL lets readers run beside the one

@@ -26,6 +26,7 @@ pub(crate) struct Migration {
 pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "initial", sql: include_str!("../migrations/0001_initial.sql") },
     Migration { version: 2, name: "vaults", sql: include_str!("../migrations/0002_vaults.sql") },
+    Migration { version: 3, name: "approvals", sql: include_str!("../migrations/0003_approvals.sql") },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\

@@ -222,3 +222,36 @@ pub struct Vault {
     /// User id of the creator.
     pub created_by: String,
 }
+
+/// An approval request and, once decided, who decided and with what evidence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// Random id (also in the approval URL).
+    pub id: String,
+    /// `restore` (more kinds later).
+    pub kind: String,
+    /// The vault concerned.
+    pub vault: String,
+    /// The operation as canonical JSON.
+    pub operation_json: String,
+    /// SHA-256 of `operation_json`, hex.
+    pub digest: String,
+    /// Who asked.
+    pub requester_id: String,
+    /// The requester's session: the grant is bound to it.
+    pub requester_session: String,
+    /// When it was asked (unix seconds).
+    pub created_at: i64,
+    /// After this it can no longer be approved.
+    pub expires_at: i64,
+    /// `pending`, `approved`, `denied`, `consumed`.
+    pub status: String,
+    /// Who approved or denied.
+    pub approver_id: Option<String>,
+    /// When.
+    pub approved_at: Option<i64>,
+    /// The WebAuthn evidence of the approval (JSON).
+    pub evidence_json: Option<String>,
+    /// Hash of the restore grant, once issued.
+    pub grant_hash: Option<String>,
+}

@@ -90,8 +90,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Approve { url, username } => {
             let u = url::Url::parse(&url)?;
             let base = origin_of(&u);
+            if let Some(id) = u.path().strip_prefix("/approvals/") {
+                let token = login(&http, &mut key, &base, username.as_deref())?;
+                let start: serde_json::Value =
+                    post(&http, &format!("{base}/api/v1/approvals/{id}/start"), &serde_json::json!({}), Some(&token))?;
+                let pkc = key.assert(&base, serde_json::from_value(start["options"].clone())?)?;
+                key.save(&cli.key)?;
+                post::<serde_json::Value>(
+                    &http,
+                    &format!("{base}/api/v1/approvals/{id}/finish"),
+                    &serde_json::json!({"ceremony_id": start["ceremony_id"], "credential": pkc}),
+                    Some(&token),
+                )?;
+                println!("approved {}", start["digest"].as_str().unwrap_or(""));
+                key.save(&cli.key)?;
+                return Ok(());
+            }
             if u.path() != "/device" {
-                bail!("this softkey approves device logins (<server>/device?user_code=…); got {}", u.path());
+                bail!("this softkey approves device logins (<server>/device?user_code=…) and approvals (<server>/approvals/<id>); got {}", u.path());
             }
             let code = u
                 .query_pairs()

@@ -1,0 +1,411 @@
+//! Restores that start only after a passkey approves that exact restore.
+//!
+//! A restore request stores its operation as canonical JSON under a SHA-256 digest. Approving
+//! means a WebAuthn assertion whose challenge is SHA-256("strongroom approval v1" || digest ||
+//! nonce): the authenticator's signature covers the operation itself, and the full evidence
+//! (authenticator data, client data, signature) is audited so it can be re-verified offline.
+//! The server only ever executes the operation stored under the approved digest. Approval
+//! rules (role, another person, hardware, freshness) come from `policy::decide`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use policy::{ApprovalFacts, Decision, Operation, Resource, VaultPolicy};
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::routes::{audit, put_ceremony, take_ceremony, verify_assertion, AssertionFinish, LoginCeremony};
+use crate::state::AppState;
+use crate::vaults::{authorize, policy_principal};
+
+type St = State<Arc<AppState>>;
+
+/// How long a restore request waits for its approval.
+pub const APPROVAL_SECONDS: i64 = 24 * 3600;
+/// How long a restore grant lets the job run.
+pub const GRANT_SECONDS: i64 = 12 * 3600;
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+/// The operation a restore approval covers. Fields are in lexicographic order so serde_json's
+/// output is the canonical (sorted-key, no-whitespace) form that the digest is taken over.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestoreOperation {
+    /// Always `restore`.
+    pub kind: String,
+    /// Snapshot-relative paths (empty: everything).
+    pub paths: Vec<String>,
+    /// When it was requested (server clock, unix seconds).
+    pub request_time: i64,
+    /// Requester's user name.
+    pub requester: String,
+    /// Requester's user id.
+    pub requester_id: String,
+    /// Full snapshot id.
+    pub snapshot: String,
+    /// Target directory on the requesting client.
+    pub target: String,
+    /// Vault name.
+    pub vault: String,
+}
+
+/// Canonical bytes and SHA-256 digest (hex) of an operation.
+pub fn digest_of(op: &RestoreOperation) -> ApiResult<(String, String)> {
+    let json = serde_json::to_string(op).map_err(internal)?;
+    let digest = hex::encode(sha2::Sha256::digest(json.as_bytes()));
+    Ok((json, digest))
+}
+
+/// The WebAuthn challenge that binds an assertion to `digest` (hex) and `nonce`.
+pub fn approval_challenge(digest_hex: &str, nonce: &[u8; 32]) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    h.update(b"strongroom approval v1");
+    h.update(hex::decode(digest_hex).unwrap_or_default());
+    h.update(nonce);
+    h.finalize().into()
+}
+
+async fn vault_policy(state: &AppState, name: &str) -> ApiResult<VaultPolicy> {
+    let v = state.store.vault(name).await?.ok_or_else(|| ApiError::NotFound(format!("no vault {name}")))?;
+    serde_json::from_str(&v.policy_json).map_err(internal)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RestoreRequest {
+    snapshot: String,
+    #[serde(default)]
+    paths: Vec<String>,
+    target: String,
+}
+
+/// `POST /api/v1/vaults/{vault}/restores` → `{"restore_id", "approval_id", "approval_url", "digest"}`
+pub(crate) async fn request(
+    State(state): St,
+    p: Principal,
+    Path(vault): Path<String>,
+    Json(body): Json<RestoreRequest>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let policy = vault_policy(&state, &vault).await?;
+    let decision =
+        authorize(&state, &p, Operation::RestoreRequest, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    if !matches!(decision, Decision::ApprovalRequired { .. }) {
+        return Err(ApiError::Internal("restores always need an approval".into()));
+    }
+    if body.target.is_empty() || body.target.len() > 4096 || body.paths.len() > 1000 {
+        return Err(ApiError::BadRequest("give a target directory (and at most 1000 paths)".into()));
+    }
+    for path in &body.paths {
+        if !repo::tree::is_safe_relative_path(path.trim_matches('/').as_bytes()) {
+            return Err(ApiError::BadRequest(format!("bad path to restore: {path:?}")));
+        }
+    }
+    // The snapshot must exist: resolve a prefix to the full id now, so the digest names it exactly.
+    let repo = crate::backups::open_repo(&state, &vault).await?;
+    let spec = body.snapshot.clone();
+    let (snap_id, _) = tokio::task::spawn_blocking(move || repo.find_snapshot(&spec))
+        .await
+        .map_err(internal)?
+        .map_err(|e| ApiError::NotFound(e.to_string()))?;
+    let now = state.clock.now();
+    let op = RestoreOperation {
+        kind: "restore".into(),
+        paths: body.paths.iter().map(|p| p.trim_matches('/').to_string()).collect(),
+        request_time: now,
+        requester: p.user.username.clone(),
+        requester_id: p.user.id.clone(),
+        snapshot: snap_id.to_hex(),
+        target: body.target.clone(),
+        vault: vault.clone(),
+    };
+    let (json, digest) = digest_of(&op)?;
+    let id = identity::codes::random_token(&mut rand_core::OsRng);
+    state
+        .store
+        .create_approval(&store::Approval {
+            id: id.clone(),
+            kind: "restore".into(),
+            vault: vault.clone(),
+            operation_json: json,
+            digest: digest.clone(),
+            requester_id: p.user.id.clone(),
+            requester_session: p.session.id.clone(),
+            created_at: now,
+            expires_at: now + APPROVAL_SECONDS,
+            status: "pending".into(),
+            approver_id: None,
+            approved_at: None,
+            evidence_json: None,
+            grant_hash: None,
+        })
+        .await?;
+    let url = state.link(&format!("/approvals/{id}"));
+    audit(
+        &state,
+        "restore.request",
+        &p.user.username,
+        "pending_approval",
+        serde_json::json!({"approval_id": id, "digest": digest, "operation": op}),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "restore_id": id, "approval_id": id, "approval_url": url, "digest": digest })),
+    ))
+}
+
+async fn load(state: &AppState, id: &str) -> ApiResult<store::Approval> {
+    if id.len() > 128 {
+        return Err(ApiError::NotFound("no such approval".into()));
+    }
+    state.store.approval(id).await?.ok_or_else(|| ApiError::NotFound("no such approval".into()))
+}
+
+/// `GET /api/v1/approvals/{id}`: the operation in full (for the requester and possible approvers).
+pub(crate) async fn show(State(state): St, p: Principal, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let a = load(&state, &id).await?;
+    let policy = vault_policy(&state, &a.vault).await?;
+    if a.requester_id != p.user.id {
+        authorize(&state, &p, Operation::VaultRead, &Resource::Vault { name: &a.vault, policy: &policy }).await?;
+    }
+    let op: serde_json::Value = serde_json::from_str(&a.operation_json).map_err(internal)?;
+    let approver = match &a.approver_id {
+        Some(uid) => state.store.user_by_id(uid).await?.map(|u| u.username),
+        None => None,
+    };
+    let status = if a.status == "pending" && a.expires_at <= state.clock.now() {
+        "expired".to_string()
+    } else {
+        a.status.clone()
+    };
+    Ok(Json(serde_json::json!({
+        "approval_id": a.id, "kind": a.kind, "status": status, "digest": a.digest, "operation": op,
+        "operation_json": a.operation_json, "created_at": a.created_at, "expires_at": a.expires_at,
+        "approvals_needed": if status == "pending" { 1 } else { 0 }, "approved_by": approver, "approved_at": a.approved_at,
+        "policy": policy,
+    })))
+}
+
+/// Checks, before any ceremony, that this person could approve at all (role, other person).
+async fn may_approve(
+    state: &AppState,
+    p: &Principal,
+    a: &store::Approval,
+    policy: &VaultPolicy,
+    auth: &policy::AuthContext,
+) -> ApiResult<()> {
+    let principal = policy_principal(state, &p.user.id).await?;
+    let resource = Resource::Vault { name: &a.vault, policy };
+    let decision = policy::decide(
+        &principal,
+        auth,
+        Operation::RestoreApprove,
+        &resource,
+        Some(&ApprovalFacts { requester_id: &a.requester_id }),
+        state.clock.now(),
+    );
+    let (outcome, reason) = match &decision {
+        Decision::Allow => ("allow", None),
+        Decision::Deny { reason } => ("deny", Some(reason.code())),
+        _ => ("deny", Some("unexpected")),
+    };
+    audit(
+        state,
+        "decision",
+        &p.user.username,
+        outcome,
+        serde_json::json!({"operation": "restore-approve", "approval_id": a.id, "digest": a.digest, "reason": reason}),
+    )
+    .await?;
+    match decision {
+        Decision::Allow => Ok(()),
+        Decision::Deny { reason } => Err(ApiError::Denied(reason)),
+        _ => Err(ApiError::Denied(policy::DenyReason::NoRole)),
+    }
+}
+
+fn pending(a: &store::Approval, now: i64) -> ApiResult<()> {
+    if a.status != "pending" {
+        return Err(ApiError::Conflict(format!("this approval is already {}", a.status)));
+    }
+    if a.expires_at <= now {
+        return Err(ApiError::Conflict("this approval request has expired".into()));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/approvals/{id}/start` → `{"ceremony_id", "options", "digest"}`
+pub(crate) async fn start(
+    State(state): St,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let a = load(&state, &id).await?;
+    pending(&a, state.clock.now())?;
+    let policy = vault_policy(&state, &a.vault).await?;
+    // Role and four-eyes are known before the ceremony; strength and freshness are checked on
+    // the assertion itself at finish.
+    let provisional = policy::AuthContext { hardware: true, user_verified: true, auth_time: state.clock.now() };
+    may_approve(&state, &p, &a, &policy, &provisional).await?;
+    let creds = crate::routes::active_credentials(&state, &p.user.id).await?;
+    let mut nonce = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let challenge = approval_challenge(&a.digest, &nonce);
+    let (rcr, auth_state) = state.rp.start_bound_authentication(creds, challenge)?;
+    let ceremony = LoginCeremony {
+        state: auth_state,
+        user_id: Some(p.user.id.clone()),
+        user_code: None,
+        approval: Some((a.id.clone(), a.digest.clone())),
+    };
+    let cid = put_ceremony(&state, "approval", &hex::encode(nonce), &ceremony).await?;
+    Ok(Json(
+        serde_json::json!({ "ceremony_id": cid, "options": serde_json::to_value(rcr).map_err(internal)?, "digest": a.digest, "nonce": hex::encode(nonce) }),
+    ))
+}
+
+/// `POST /api/v1/approvals/{id}/finish` `{"ceremony_id", "credential"}`
+pub(crate) async fn finish(
+    State(state): St,
+    p: Principal,
+    Path(id): Path<String>,
+    Json(body): Json<AssertionFinish>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let c: LoginCeremony = take_ceremony(&state, &body.ceremony_id, "approval").await?;
+    let a = load(&state, &id).await?;
+    match &c.approval {
+        Some((cid, digest)) if *cid == a.id && *digest == a.digest => {}
+        _ => {
+            audit(
+                &state,
+                "restore.approve",
+                &p.user.username,
+                "refused",
+                serde_json::json!({"approval_id": a.id, "reason": "ceremony belongs to another approval"}),
+            )
+            .await?;
+            return Err(ApiError::CeremonyInvalid);
+        }
+    }
+    if c.user_id.as_deref() != Some(p.user.id.as_str()) {
+        return Err(ApiError::CeremonyInvalid);
+    }
+    let now = state.clock.now();
+    pending(&a, now)?;
+    let (user, record, strength) = verify_assertion(&state, &c, &body.credential, "restore.approve").await?;
+    let policy = vault_policy(&state, &a.vault).await?;
+    let auth =
+        policy::AuthContext { hardware: strength.hardware, user_verified: strength.user_verified, auth_time: now };
+    may_approve(&state, &p, &a, &policy, &auth).await?;
+    let r = &body.credential.response;
+    let b64 = identity::passkey::b64url;
+    let evidence = serde_json::json!({
+        "credential_id": record.id,
+        "authenticator_data": b64(&r.authenticator_data),
+        "client_data_json": b64(&r.client_data_json),
+        "signature": b64(&r.signature),
+        "user_handle": r.user_handle.as_ref().map(|h| b64(h)),
+        "digest": a.digest,
+        "amr": strength.amr(),
+        "acr": strength.acr(),
+    });
+    if !state.store.decide_approval(&a.id, &a.digest, true, &user.id, &evidence.to_string(), now).await? {
+        return Err(ApiError::Conflict("this approval was decided meanwhile".into()));
+    }
+    audit(
+        &state,
+        "restore.approve",
+        &user.username,
+        "approved",
+        serde_json::json!({"approval_id": a.id, "vault": a.vault, "evidence": evidence}),
+    )
+    .await?;
+    Ok(Json(serde_json::json!({ "approved": true, "digest": a.digest })))
+}
+
+/// `POST /api/v1/approvals/{id}/deny`
+pub(crate) async fn deny(State(state): St, p: Principal, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let a = load(&state, &id).await?;
+    pending(&a, state.clock.now())?;
+    let policy = vault_policy(&state, &a.vault).await?;
+    let principal = policy_principal(&state, &p.user.id).await?;
+    let may = a.requester_id == p.user.id
+        || policy::decide(
+            &principal,
+            &policy::AuthContext { hardware: true, user_verified: true, auth_time: state.clock.now() },
+            Operation::RestoreApprove,
+            &Resource::Vault { name: &a.vault, policy: &policy },
+            None,
+            state.clock.now(),
+        ) == Decision::Allow;
+    if !may {
+        return Err(ApiError::Denied(policy::DenyReason::NoRole));
+    }
+    let denied = state.store.decide_approval(&a.id, &a.digest, false, &p.user.id, "{}", state.clock.now()).await?;
+    audit(
+        &state,
+        "restore.deny",
+        &p.user.username,
+        if denied { "denied" } else { "not_pending" },
+        serde_json::json!({"approval_id": a.id}),
+    )
+    .await?;
+    Ok(Json(serde_json::json!({ "denied": denied })))
+}
+
+/// `GET /api/v1/restores/{id}`: status for the requester; once approved, the restore grant is
+/// handed out exactly once, to the requesting session, if the approval is still fresh enough.
+pub(crate) async fn status(
+    State(state): St,
+    p: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let a = load(&state, &id).await?;
+    if a.requester_id != p.user.id {
+        return Err(ApiError::NotFound("no such approval".into()));
+    }
+    let now = state.clock.now();
+    match a.status.as_str() {
+        "approved" => {
+            if a.requester_session != p.session.id {
+                return Err(ApiError::Forbidden(
+                    "the grant goes only to the session that requested the restore".into(),
+                ));
+            }
+            let policy = vault_policy(&state, &a.vault).await?;
+            if now - a.approved_at.unwrap_or(0) > policy.approval_max_age {
+                audit(
+                    &state,
+                    "restore.grant",
+                    &p.user.username,
+                    "refused",
+                    serde_json::json!({"approval_id": a.id, "reason": "policy.approval_too_old"}),
+                )
+                .await?;
+                return Err(ApiError::Denied(policy::DenyReason::ApprovalTooOld));
+            }
+            let grant = identity::codes::random_token(&mut rand_core::OsRng);
+            if !state.store.issue_grant(&a.id, &identity::codes::token_hash(&grant)).await? {
+                return Err(ApiError::Conflict("the grant was already issued".into()));
+            }
+            audit(
+                &state,
+                "restore.grant",
+                &p.user.username,
+                "issued",
+                serde_json::json!({"approval_id": a.id, "digest": a.digest}),
+            )
+            .await?;
+            Ok(Json(
+                serde_json::json!({ "status": "approved", "grant": grant, "grant_expires_at": now + GRANT_SECONDS, "digest": a.digest }),
+            ))
+        }
+        "pending" if a.expires_at <= now => Ok(Json(serde_json::json!({ "status": "expired" }))),
+        other => Ok(Json(serde_json::json!({ "status": other }))),
+    }
+}

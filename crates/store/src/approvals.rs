@@ -1,0 +1,116 @@
+//! Approvals: created pending, decided at most once (atomically), then their grant issued once.
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::error::write_error;
+use crate::{Approval, Result, Store};
+
+const COLUMNS: &str = "id, kind, vault, operation_json, digest, requester_id, requester_session, created_at, expires_at, status, approver_id, approved_at, evidence_json, grant_hash";
+
+fn from_row(row: &AnyRow) -> Result<Approval> {
+    Ok(Approval {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        vault: row.try_get("vault")?,
+        operation_json: row.try_get("operation_json")?,
+        digest: row.try_get("digest")?,
+        requester_id: row.try_get("requester_id")?,
+        requester_session: row.try_get("requester_session")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        status: row.try_get("status")?,
+        approver_id: row.try_get("approver_id")?,
+        approved_at: row.try_get("approved_at")?,
+        evidence_json: row.try_get("evidence_json")?,
+        grant_hash: row.try_get("grant_hash")?,
+    })
+}
+
+impl Store {
+    /// Records a new pending approval.
+    pub async fn create_approval(&self, a: &Approval) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO approvals (id, kind, vault, operation_json, digest, requester_id, requester_session, created_at, expires_at, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending')",
+        )
+        .bind(a.id.as_str())
+        .bind(a.kind.as_str())
+        .bind(a.vault.as_str())
+        .bind(a.operation_json.as_str())
+        .bind(a.digest.as_str())
+        .bind(a.requester_id.as_str())
+        .bind(a.requester_session.as_str())
+        .bind(a.created_at)
+        .bind(a.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| write_error(e, "approval"))?;
+        Ok(())
+    }
+
+    /// One approval.
+    pub async fn approval(&self, id: &str) -> Result<Option<Approval>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM approvals WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Pending approvals, newest first.
+    pub async fn pending_approvals(&self, now: i64) -> Result<Vec<Approval>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM approvals WHERE status = 'pending' AND expires_at > $1 ORDER BY created_at DESC"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Decides a pending, unexpired approval whose digest is `digest`: true if and only if this
+    /// call decided it (a second decision, a late one or one for another digest changes nothing).
+    pub async fn decide_approval(
+        &self,
+        id: &str,
+        digest: &str,
+        approve: bool,
+        approver_id: &str,
+        evidence_json: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE approvals SET status = $3, approver_id = $4, approved_at = $5, evidence_json = $6 \
+             WHERE id = $1 AND digest = $2 AND status = 'pending' AND expires_at > $5",
+        )
+        .bind(id)
+        .bind(digest)
+        .bind(if approve { "approved" } else { "denied" })
+        .bind(approver_id)
+        .bind(now)
+        .bind(evidence_json)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Issues the grant of an approved approval once: true if and only if `grant_hash` was set now.
+    pub async fn issue_grant(&self, id: &str, grant_hash: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE approvals SET grant_hash = $2, status = 'consumed' WHERE id = $1 AND status = 'approved' AND grant_hash IS NULL")
+            .bind(id)
+            .bind(grant_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The approval a grant belongs to.
+    pub async fn approval_by_grant(&self, grant_hash: &str) -> Result<Option<Approval>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM approvals WHERE grant_hash = $1"))
+            .bind(grant_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+}
