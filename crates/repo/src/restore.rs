@@ -128,8 +128,23 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &RestoreProgress,
 ) -> Result<RestoreSummary> {
-    let include: Vec<Vec<u8>> = opts
-        .include
+    let entries = plan(repo, &snapshot.tree, &opts.include)?;
+    restore_plan(entries, target, opts.owners, progress, &RepoSource(repo))
+}
+
+/// One entry of a restore plan: a snapshot-relative path and its node, in pre-order.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PlanEntry {
+    /// `/`-separated path inside the snapshot.
+    pub path: crate::model::RawName,
+    /// The entry.
+    pub node: Node,
+}
+
+/// The entries of snapshot tree `tree` under the `include` paths (all if empty), directories
+/// before their contents. Every name has passed `tree::validate`.
+pub fn plan(repo: &Repository, tree: &Id, include: &[String]) -> Result<Vec<PlanEntry>> {
+    let include: Vec<Vec<u8>> = include
         .iter()
         .map(|p| p.trim_matches('/').as_bytes().to_vec())
         .map(|p| {
@@ -140,27 +155,121 @@ pub fn restore(
             }
         })
         .collect::<Result<_>>()?;
-    std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
-    let target = target.canonicalize().map_err(|e| Error::io(target, e))?;
-
-    // The plan, in pre-order (a directory before its contents).
-    let mut items: Vec<Item> = Vec::new();
-    repo.walk(&snapshot.tree, &mut |rel, node| {
+    let mut entries = Vec::new();
+    repo.walk(tree, &mut |rel, node| {
         if included(rel, &include) {
-            use std::os::unix::ffi::OsStrExt;
-            // Every component of `rel` passed `tree::validate`, so this stays under `target`.
-            let path = target.join(std::ffi::OsStr::from_bytes(rel));
-            let mut node = node.clone();
-            // Not needed past this point and potentially large.
-            if node.kind == NodeKind::Dir {
-                node.content.clear();
-            }
-            items.push(Item { rel: rel.to_vec(), path, node });
+            entries.push(PlanEntry { path: crate::model::RawName(rel.to_vec()), node: node.clone() });
         }
         Ok(())
     })?;
-    if !include.is_empty() && items.is_empty() {
+    if !include.is_empty() && entries.is_empty() {
         return Err(Error::NotFound("none of the requested paths are in the snapshot".into()));
+    }
+    Ok(entries)
+}
+
+/// Where chunk contents come from during a restore: the local repository, or a server.
+pub trait ContentSource: Sync {
+    /// Delivers the plaintext of every chunk in `wanted`, each verified against its id, to
+    /// `sink` (possibly from several threads at once).
+    fn fetch(&self, wanted: &[(Id, u32)], sink: &(dyn Fn(&Id, &[u8]) -> Result<()> + Sync)) -> Result<()>;
+}
+
+/// Reads chunks from a local repository, each pack once, on all cores.
+pub struct RepoSource<'a>(pub &'a Repository);
+
+impl ContentSource for RepoSource<'_> {
+    fn fetch(&self, wanted: &[(Id, u32)], sink: &(dyn Fn(&Id, &[u8]) -> Result<()> + Sync)) -> Result<()> {
+        let repo = self.0;
+        let mut by_pack: HashMap<u32, Vec<(Id, crate::index::BlobLoc)>> = HashMap::new();
+        {
+            let index = repo.index();
+            for (id, _) in wanted {
+                let loc = index.get(id).ok_or_else(|| Error::NotFound(format!("chunk {id} (not in the index)")))?;
+                by_pack.entry(loc.pack).or_default().push((*id, loc));
+            }
+        }
+        let mut packs: Vec<(u32, Vec<(Id, crate::index::BlobLoc)>)> = by_pack.into_iter().collect();
+        packs.sort_by_key(|(p, _)| *p);
+        packs.par_iter_mut().try_for_each(|(pack, blobs)| -> Result<()> {
+            blobs.sort_by_key(|(_, l)| l.offset);
+            let pack_id = repo.index().pack(*pack).map(|p| p.id).unwrap_or(Id([0; 32]));
+            let name = pack_name(&pack_id);
+            // Coalesce blobs separated by small gaps into one range read.
+            let mut start = 0;
+            while start < blobs.len() {
+                let mut end = start + 1;
+                while end < blobs.len()
+                    && blobs[end].1.offset <= blobs[end - 1].1.offset + blobs[end - 1].1.len + (256 << 10)
+                    && (blobs[end].1.offset - blobs[start].1.offset) < (32 << 20)
+                {
+                    end += 1;
+                }
+                let first = u64::from(blobs[start].1.offset);
+                let last = u64::from(blobs[end - 1].1.offset) + u64::from(blobs[end - 1].1.len);
+                let bytes = repo.backend().get_range(&name, first..last)?;
+                if bytes.len() as u64 != last - first {
+                    return Err(Error::corrupt(&name, "pack is shorter than its index says"));
+                }
+                for (id, loc) in &blobs[start..end] {
+                    let s = (u64::from(loc.offset) - first) as usize;
+                    let plain = repo.decode_blob(id, loc, &bytes[s..s + loc.len as usize])?;
+                    sink(id, &plain)?;
+                }
+                start = end;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Restores `entries` (from [`plan`]) into `target` (created if missing), reading contents
+/// from `source`.
+pub fn restore_plan(
+    entries: Vec<PlanEntry>,
+    target: &Path,
+    owners: bool,
+    progress: &RestoreProgress,
+    source: &dyn ContentSource,
+) -> Result<RestoreSummary> {
+    std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
+    let target = target.canonicalize().map_err(|e| Error::io(target, e))?;
+    let mut items: Vec<Item> = Vec::with_capacity(entries.len());
+    let mut seen = std::collections::HashSet::new();
+    for e in entries {
+        // A plan from a server is input like any other: every component must be a safe name,
+        // and no path may appear twice.
+        if !is_safe_relative_path(&e.path.0) || !seen.insert(e.path.0.clone()) {
+            return Err(Error::UnsafeName(e.path.display()));
+        }
+        if let Err(why) = crate::tree::validate(&crate::model::Tree {
+            nodes: vec![Node {
+                name: crate::model::RawName(e.path.0.rsplit(|&b| b == b'/').next().unwrap_or_default().to_vec()),
+                ..e.node.clone()
+            }],
+        }) {
+            return Err(Error::UnsafeName(format!("{}: {why}", e.path.display())));
+        }
+        use std::os::unix::ffi::OsStrExt;
+        // Every component of the path is a safe name, so this stays under `target`.
+        let path = target.join(std::ffi::OsStr::from_bytes(&e.path.0));
+        let mut node = e.node;
+        if node.kind == NodeKind::Dir {
+            node.content.clear();
+        }
+        items.push(Item { rel: e.path.0, path, node });
+    }
+    // Parents must come before their contents.
+    for it in &items {
+        if let Some(pos) = it.rel.iter().rposition(|&b| b == b'/') {
+            let parent = &it.rel[..pos];
+            if !seen.contains(parent) {
+                return Err(Error::UnsafeName(format!(
+                    "{}: its directory is not in the plan",
+                    String::from_utf8_lossy(&it.rel)
+                )));
+            }
+        }
     }
     let mut summary = RestoreSummary::default();
 
@@ -206,13 +315,17 @@ pub fn restore(
         }
     }
 
-    // Phase 2: contents, pack by pack.
+    // Phase 2: contents, from the source (each chunk verified there), written where they belong.
     let mut wanted: HashMap<Id, Vec<(u32, u64)>> = HashMap::new();
+    let mut lens: HashMap<Id, u32> = HashMap::new();
     for (i, item) in items.iter().enumerate() {
         let mut off = 0u64;
         for c in &item.node.content {
             match c {
-                Content::Chunk { id, .. } => wanted.entry(*id).or_default().push((i as u32, off)),
+                Content::Chunk { id, len } => {
+                    wanted.entry(*id).or_default().push((i as u32, off));
+                    lens.insert(*id, *len);
+                }
                 Content::Zero { zero } => {
                     progress.bytes_done.fetch_add(*zero, Ordering::Relaxed);
                 }
@@ -220,54 +333,16 @@ pub fn restore(
             off += c.len();
         }
     }
-    let mut by_pack: HashMap<u32, Vec<(Id, crate::index::BlobLoc)>> = HashMap::new();
-    {
-        let index = repo.index();
-        for id in wanted.keys() {
-            let loc = index.get(id).ok_or_else(|| Error::NotFound(format!("chunk {id} (not in the index)")))?;
-            by_pack.entry(loc.pack).or_default().push((*id, loc));
-        }
-    }
-    let mut packs: Vec<(u32, Vec<(Id, crate::index::BlobLoc)>)> = by_pack.into_iter().collect();
-    packs.sort_by_key(|(p, _)| *p);
-    packs.par_iter_mut().try_for_each(|(pack, blobs)| -> Result<()> {
-        blobs.sort_by_key(|(_, l)| l.offset);
-        let pack_id = repo.index().pack(*pack).map(|p| p.id).unwrap_or(Id([0; 32]));
-        let name = pack_name(&pack_id);
-        let mut files: HashMap<u32, File> = HashMap::new();
-        // Coalesce blobs separated by small gaps into one range read.
-        let mut start = 0;
-        while start < blobs.len() {
-            let mut end = start + 1;
-            while end < blobs.len()
-                && blobs[end].1.offset <= blobs[end - 1].1.offset + blobs[end - 1].1.len + (256 << 10)
-                && (blobs[end].1.offset - blobs[start].1.offset) < (32 << 20)
-            {
-                end += 1;
-            }
-            let first = u64::from(blobs[start].1.offset);
-            let last = u64::from(blobs[end - 1].1.offset) + u64::from(blobs[end - 1].1.len);
-            let bytes = repo.backend().get_range(&name, first..last)?;
-            if bytes.len() as u64 != last - first {
-                return Err(Error::corrupt(&name, "pack is shorter than its index says"));
-            }
-            for (id, loc) in &blobs[start..end] {
-                let s = (u64::from(loc.offset) - first) as usize;
-                let plain = repo.decode_blob(id, loc, &bytes[s..s + loc.len as usize])?;
-                for &(item, off) in wanted.get(id).map(|v| v.as_slice()).unwrap_or(&[]) {
-                    let path = &items[item as usize].path;
-                    let f = match files.entry(item) {
-                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(v) => v.insert(open_for_write(path)?),
-                    };
-                    f.write_all_at(&plain, off).map_err(|e| Error::io(path, e))?;
-                    progress.bytes_done.fetch_add(plain.len() as u64, Ordering::Relaxed);
-                }
-            }
-            start = end;
+    let list: Vec<(Id, u32)> = lens.into_iter().collect();
+    let sink = |id: &Id, plain: &[u8]| -> Result<()> {
+        for &(item, off) in wanted.get(id).map(|v| v.as_slice()).unwrap_or(&[]) {
+            let path = &items[item as usize].path;
+            open_for_write(path)?.write_all_at(plain, off).map_err(|e| Error::io(path, e))?;
+            progress.bytes_done.fetch_add(plain.len() as u64, Ordering::Relaxed);
         }
         Ok(())
-    })?;
+    };
+    source.fetch(&list, &sink)?;
 
     // Phase 3: hard links, to files restored above only.
     let by_rel: HashMap<&[u8], usize> = items
@@ -294,9 +369,9 @@ pub fn restore(
 
     // Phase 4: metadata; everything but directories in parallel, then directories deepest
     // first, so a directory's times are set after its contents changed it.
-    items.par_iter().filter(|it| it.node.kind != NodeKind::Dir).try_for_each(|it| set_metadata(it, opts.owners))?;
+    items.par_iter().filter(|it| it.node.kind != NodeKind::Dir).try_for_each(|it| set_metadata(it, owners))?;
     for item in items.iter().rev().filter(|it| it.node.kind == NodeKind::Dir) {
-        set_metadata(item, opts.owners)?;
+        set_metadata(item, owners)?;
     }
     Ok(summary)
 }
