@@ -56,6 +56,31 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Restore a snapshot (or some paths of it) once a Restore Operator approves with a passkey.
+    ///
+    /// Prints the approval URL alone on a line, waits for the approval, then restores: never
+    /// outside the target, symlinks in the target not followed, every chunk verified.
+    Restore {
+        /// Vault name.
+        #[arg(long)]
+        vault: String,
+        /// Snapshot id, unique prefix, or `latest`.
+        snapshot: String,
+        /// Directory to restore into (created if missing).
+        #[arg(long)]
+        target: PathBuf,
+        /// Restore only this snapshot-relative path (repeatable).
+        #[arg(long = "include")]
+        include: Vec<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open an approval URL (a restore or a device login) in the browser to approve it.
+    Approve {
+        /// The approval URL.
+        url: String,
+    },
     /// List a vault's snapshots.
     Snapshots {
         /// Vault name.
@@ -325,6 +350,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 remote::backup(&remote, &vault, &paths, json)
             })
             .await?
+        }
+        Cmd::Restore { vault, snapshot, target, include, json } => {
+            let (server, token) = (cli.server.clone(), cli.token.clone());
+            tokio::task::spawn_blocking(move || {
+                let remote = client::remote(server.as_deref(), token.as_deref())?;
+                remote::restore(&remote, &vault, &snapshot, &target, &include, json)
+            })
+            .await?
+        }
+        Cmd::Approve { url } => {
+            let parsed = url::Url::parse(&url).context("not a URL")?;
+            if !(parsed.path().starts_with("/approvals/") || parsed.path() == "/device") {
+                bail!("not an approval URL (<server>/approvals/<id> or <server>/device?user_code=…)");
+            }
+            let opened = std::process::Command::new("xdg-open")
+                .arg(&url)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !opened {
+                println!("Open this page in a browser where you are signed in, check the operation and approve with your passkey:\n{url}");
+            }
+            Ok(())
         }
         Cmd::Snapshots { vault, json } => {
             let mut api = client::Api::new(cli.server.as_deref(), cli.token.as_deref())?;

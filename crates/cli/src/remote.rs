@@ -309,3 +309,167 @@ fn draw_progress(p: &repo::backup::Progress, sink: &HttpSink<'_>, done: &AtomicB
     }
     bar.finish_and_clear();
 }
+
+/// Reads chunks of an approved restore from the server with the grant, verifying each against
+/// its id with the vault's chunk-id key before anything is written.
+struct HttpContent<'a> {
+    remote: &'a Remote,
+    restore_id: String,
+    grant: String,
+    hasher: repo::chunker::ChunkHasher,
+}
+
+impl repo::restore::ContentSource for HttpContent<'_> {
+    fn fetch(&self, wanted: &[(Id, u32)], sink: &(dyn Fn(&Id, &[u8]) -> repo::Result<()> + Sync)) -> repo::Result<()> {
+        use rayon::prelude::*;
+        // Batches of at most 256 chunks and 32 MiB.
+        let mut batches: Vec<Vec<(Id, u32)>> = vec![Vec::new()];
+        let mut size = 0u64;
+        for &(id, len) in wanted {
+            let last = batches.last_mut().map(|b| b.len()).unwrap_or(0);
+            if last >= 256 || size + u64::from(len) > 32 << 20 {
+                batches.push(Vec::new());
+                size = 0;
+            }
+            size += u64::from(len);
+            if let Some(b) = batches.last_mut() {
+                b.push((id, len));
+            }
+        }
+        batches.par_iter().filter(|b| !b.is_empty()).try_for_each(|batch| -> repo::Result<()> {
+            let ids: Vec<String> = batch.iter().map(|(i, _)| i.to_hex()).collect();
+            let url = format!("{}/api/v1/restores/{}/chunks", self.remote.base, self.restore_id);
+            let resp = self
+                .remote
+                .client
+                .post(&url)
+                .header("authorization", format!("Grant {}", self.grant))
+                .json(&serde_json::json!({ "ids": ids }))
+                .send()
+                .map_err(|e| backend_err(e.into()))?;
+            if !resp.status().is_success() {
+                return Err(backend_err(anyhow::anyhow!("the server refused chunks ({})", resp.status())));
+            }
+            let body = resp.bytes().map_err(|e| backend_err(e.into()))?;
+            let mut at = 0usize;
+            let mut got = 0usize;
+            while at < body.len() {
+                let head =
+                    body.get(at..at + 36).ok_or_else(|| backend_err(anyhow::anyhow!("truncated chunk answer")))?;
+                let mut id = [0u8; 32];
+                id.copy_from_slice(&head[..32]);
+                let len = u32::from_le_bytes([head[32], head[33], head[34], head[35]]) as usize;
+                let data = body
+                    .get(at + 36..at + 36 + len)
+                    .ok_or_else(|| backend_err(anyhow::anyhow!("truncated chunk answer")))?;
+                let id = Id(id);
+                let expected = batch.iter().find(|(i, _)| *i == id).map(|(_, l)| *l as usize);
+                // Never trust the server either: the bytes must hash to the id we asked for.
+                if expected != Some(len) || self.hasher.id(data) != id {
+                    return Err(repo::Error::Corrupt {
+                        object: format!("chunk {id} from the server"),
+                        reason: "does not match its id".into(),
+                    });
+                }
+                sink(&id, data)?;
+                at += 36 + len;
+                got += 1;
+            }
+            if got != batch.len() {
+                return Err(backend_err(anyhow::anyhow!("the server sent {got} of {} chunks", batch.len())));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `strongroom restore --vault NAME SNAPSHOT --target DIR [--include PATH]...`
+pub(crate) fn restore(
+    remote: &Remote,
+    vault: &str,
+    snapshot: &str,
+    target: &std::path::Path,
+    include: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
+    let target_abs = std::path::absolute(target)?;
+    let req = remote.post_json(
+        &format!("/api/v1/vaults/{vault}/restores"),
+        &serde_json::json!({"snapshot": snapshot, "paths": include, "target": target_abs.to_string_lossy()}),
+    )?;
+    let id = req["restore_id"].as_str().context("no restore id in the answer")?.to_string();
+    // The approval URL alone on its line: scripts and people pick it up from here.
+    println!("{}", req["approval_url"].as_str().unwrap_or_default());
+    eprintln!(
+        "Waiting for a Restore Operator to approve this restore with a passkey (operation digest {}).",
+        req["digest"].as_str().unwrap_or("?")
+    );
+    let grant = loop {
+        let s = remote.get_json(&format!("/api/v1/restores/{id}"))?;
+        match s["status"].as_str() {
+            Some("approved") => break s["grant"].as_str().context("no grant in the answer")?.to_string(),
+            Some("pending") => std::thread::sleep(Duration::from_secs(2)),
+            Some(other) => bail!("the restore was not approved: {other}"),
+            None => bail!("unexpected answer from the server"),
+        }
+    };
+    eprintln!("Approved. Restoring into {}", target_abs.display());
+    let started = std::time::Instant::now();
+    let plan_resp = remote
+        .client
+        .get(format!("{}/api/v1/restores/{id}/plan", remote.base))
+        .header("authorization", format!("Grant {grant}"))
+        .send()?;
+    if !plan_resp.status().is_success() {
+        bail!("the server refused the restore plan ({})", plan_resp.status());
+    }
+    let plan: serde_json::Value = plan_resp.json()?;
+    let entries: Vec<repo::restore::PlanEntry> = serde_json::from_value(plan["entries"].clone())?;
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(plan["chunk_id_key"].as_str().unwrap_or(""), &mut key)
+        .context("bad chunk-id key from the server")?;
+    let source = HttpContent {
+        remote,
+        restore_id: id.clone(),
+        grant: grant.clone(),
+        hasher: repo::chunker::ChunkHasher::from_key(key),
+    };
+    let progress = repo::restore::RestoreProgress::default();
+    let owners = rustix::process::geteuid().is_root();
+    let result = repo::restore::restore_plan(entries, &target_abs, owners, &progress, &source);
+    let (ok, files, bytes, error) = match &result {
+        Ok(s) => (true, s.files, s.bytes, None),
+        Err(e) => (false, 0, 0, Some(e.to_string())),
+    };
+    let _ = remote
+        .client
+        .post(format!("{}/api/v1/restores/{id}/done", remote.base))
+        .header("authorization", format!("Grant {grant}"))
+        .json(&serde_json::json!({"ok": ok, "files": files, "bytes": bytes, "error": error}))
+        .send();
+    let summary = result?;
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "restore_id": id, "files": summary.files, "dirs": summary.dirs, "symlinks": summary.symlinks,
+                "hardlinks": summary.hardlinks, "bytes": summary.bytes, "seconds": secs, "warnings": summary.warnings,
+            }))?
+        );
+    } else {
+        for w in &summary.warnings {
+            eprintln!("warning: {w}");
+        }
+        eprintln!(
+            "restored {} files, {} dirs, {} symlinks, {} hard links, {:.1} MB in {:.1} s; every chunk verified",
+            summary.files,
+            summary.dirs,
+            summary.symlinks,
+            summary.hardlinks,
+            summary.bytes as f64 / 1e6,
+            secs
+        );
+    }
+    Ok(())
+}

@@ -201,3 +201,90 @@ fn backup_needs_a_role_that_allows_it() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn restore_waits_for_another_persons_passkey_approval_then_restores_byte_identical() {
+    let s = start_server();
+    let owner = enroll_and_token(&s, &s.first_link);
+    assert!(client(&s, &owner, &["vault", "create", "prod", "--kind", "production"]).status.success());
+    let src = s.dir.path().join("src");
+    testkit::make_tree(&src);
+    testkit::make_sparse_image(&src.join("disk.img"), 64 << 20, &[(1 << 20)..(2 << 20), (20 << 20)..(20 << 20) + 4096]);
+    let out = client(&s, &owner, &["backup", "--vault", "prod", "--json", src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Alice is the vault's restore operator; she approves with her own passkey.
+    let out = strongroom()
+        .args(["admin", "enroll-link", "--user", "alice", "--role", "reader"])
+        .arg("--data-dir")
+        .arg(s.dir.path().join("data"))
+        .output()
+        .unwrap();
+    let alice_link = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let alice_key = s.dir.path().join("alice.key");
+    let softkey = std::path::Path::new(env!("CARGO_BIN_EXE_strongroom")).with_file_name("strongroom-softkey");
+    assert!(Command::new(&softkey)
+        .arg("--key")
+        .arg(&alice_key)
+        .args(["enroll", &alice_link])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    assert!(client(
+        &s,
+        &owner,
+        &["role", "assign", "--user", "alice", "--role", "restore-operator", "--vault", "prod"]
+    )
+    .status
+    .success());
+
+    let target = s.dir.path().join("restored");
+    let mut restore = strongroom()
+        .env("XDG_CONFIG_HOME", s.dir.path())
+        .args(["--server", &s.base, "--token", &owner, "restore", "--vault", "prod", "latest", "--json", "--target"])
+        .arg(&target)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(restore.stdout.take().unwrap());
+    let mut url = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut url).unwrap();
+    let url = url.trim().to_string();
+    assert!(url.starts_with(&format!("{}/approvals/", s.base)), "{url}");
+    // Nothing is restored before the approval.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!target.join("src").exists());
+    // The requester cannot approve their own production restore.
+    let owner_key = s
+        .dir
+        .path()
+        .join(format!("{}.key", s.first_link.len() + s.first_link.as_bytes()[s.first_link.len() - 1] as usize));
+    let out = Command::new(&softkey)
+        .arg("--key")
+        .arg(&owner_key)
+        .args(["approve", &url, "--username", "owner"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = Command::new(&softkey)
+        .arg("--key")
+        .arg(&alice_key)
+        .args(["approve", &url, "--username", "alice"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = restore.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut restore.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&rest).unwrap();
+    assert!(summary["files"].as_u64().unwrap() > 5, "{summary}");
+    testkit::assert_trees_equal(&src, &target.join("src"));
+    // The restored image is still sparse.
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(target.join("src/disk.img")).unwrap();
+    assert!(m.blocks() * 512 < m.len() / 4, "holes were recreated");
+}

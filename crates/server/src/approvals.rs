@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::Json;
 use policy::{ApprovalFacts, Decision, Operation, Resource, VaultPolicy};
 use serde::{Deserialize, Serialize};
@@ -408,4 +409,194 @@ pub(crate) async fn status(
         "pending" if a.expires_at <= now => Ok(Json(serde_json::json!({ "status": "expired" }))),
         other => Ok(Json(serde_json::json!({ "status": other }))),
     }
+}
+
+/// A restore grant presented by the restoring client (`Authorization: Grant <token>`): it
+/// replaces the access token for the job, so a long restore outlives 15-minute tokens, but
+/// never the approval, the grant's own lifetime or the requester's account.
+pub(crate) struct GrantHolder {
+    approval: store::Approval,
+    operation: RestoreOperation,
+}
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for GrantHolder {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let h = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthenticated)?;
+        let token = h.strip_prefix("Grant ").ok_or(ApiError::Unauthenticated)?.trim();
+        if token.len() > 128 {
+            return Err(ApiError::Unauthenticated);
+        }
+        let a = state
+            .store
+            .approval_by_grant(&identity::codes::token_hash(token))
+            .await?
+            .ok_or(ApiError::Unauthenticated)?;
+        let now = state.clock.now();
+        if a.status != "consumed" || a.kind != "restore" || a.approved_at.unwrap_or(0) + GRANT_SECONDS <= now {
+            return Err(ApiError::Unauthenticated);
+        }
+        let user = state.store.user_by_id(&a.requester_id).await?.ok_or(ApiError::Unauthenticated)?;
+        if user.disabled || user.expires_at.is_some_and(|t| t <= now) {
+            return Err(ApiError::Unauthenticated);
+        }
+        let operation: RestoreOperation = serde_json::from_str(&a.operation_json).map_err(internal)?;
+        Ok(GrantHolder { approval: a, operation })
+    }
+}
+
+fn check_restore_id(g: &GrantHolder, id: &str) -> ApiResult<()> {
+    if g.approval.id != id {
+        return Err(ApiError::Unauthenticated);
+    }
+    Ok(())
+}
+
+/// The approved plan, and the set of chunks it may read, cached per approval.
+async fn approved_plan(state: &AppState, g: &GrantHolder) -> ApiResult<Arc<crate::backups::RestorePlan>> {
+    if let Some(p) = state.vaults.plans.lock().unwrap_or_else(|p| p.into_inner()).get(&g.approval.id) {
+        return Ok(p.clone());
+    }
+    let repo = crate::backups::open_repo(state, &g.operation.vault).await?;
+    let op = g.operation.clone();
+    let plan = tokio::task::spawn_blocking(move || -> Result<_, repo::Error> {
+        let snap = repo.load_snapshot(&repo::Id::from_hex(&op.snapshot).unwrap_or(repo::Id([0; 32])))?;
+        let entries = repo::restore::plan(&repo, &snap.tree, &op.paths)?;
+        let chunks = entries
+            .iter()
+            .flat_map(|e| e.node.content.iter())
+            .filter_map(|c| match c {
+                repo::model::Content::Chunk { id, .. } => Some(*id),
+                repo::model::Content::Zero { .. } => None,
+            })
+            .collect();
+        Ok((entries, chunks))
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let plan = Arc::new(plan);
+    state.vaults.plans.lock().unwrap_or_else(|p| p.into_inner()).insert(g.approval.id.clone(), plan.clone());
+    Ok(plan)
+}
+
+/// `GET /api/v1/restores/{id}/plan` (grant): the approved operation, the entries to restore and
+/// the chunk-id key to verify them with.
+pub(crate) async fn plan(
+    State(state): St,
+    g: GrantHolder,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    check_restore_id(&g, &id)?;
+    let p = approved_plan(&state, &g).await?;
+    let repo = crate::backups::open_repo(&state, &g.operation.vault).await?;
+    audit(
+        &state,
+        "restore.start",
+        &g.operation.requester,
+        "started",
+        serde_json::json!({"approval_id": id, "digest": g.approval.digest, "entries": p.0.len()}),
+    )
+    .await?;
+    Ok(Json(serde_json::json!({
+        "operation": g.operation, "digest": g.approval.digest, "entries": p.0,
+        "chunk_id_key": hex::encode(repo.hasher_key()),
+    })))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ChunkIds {
+    ids: Vec<String>,
+}
+
+/// Plaintext bytes per chunks request.
+pub const MAX_CHUNK_BYTES: u64 = 64 << 20;
+
+/// Chunks per request.
+pub const CHUNKS_PER_REQUEST: usize = 256;
+
+/// `POST /api/v1/restores/{id}/chunks` (grant) `{"ids"}` → binary `id[32] len u32le data[len]`…,
+/// only chunks of the approved plan, each verified before it leaves the server.
+pub(crate) async fn chunks(
+    State(state): St,
+    g: GrantHolder,
+    Path(id): Path<String>,
+    Json(body): Json<ChunkIds>,
+) -> ApiResult<axum::response::Response> {
+    check_restore_id(&g, &id)?;
+    if body.ids.len() > CHUNKS_PER_REQUEST {
+        return Err(ApiError::BadRequest(format!("at most {CHUNKS_PER_REQUEST} chunks per request")));
+    }
+    let p = approved_plan(&state, &g).await?;
+    let ids = body
+        .ids
+        .iter()
+        .map(|h| repo::Id::from_hex(h).ok_or_else(|| ApiError::BadRequest("ids are 64 hex digits".into())))
+        .collect::<ApiResult<Vec<_>>>()?;
+    if let Some(bad) = ids.iter().find(|i| !p.1.contains(i)) {
+        audit(
+            &state,
+            "restore.chunk",
+            &g.operation.requester,
+            "refused",
+            serde_json::json!({"approval_id": id, "chunk": bad.to_hex(), "reason": "not in the approved restore"}),
+        )
+        .await?;
+        return Err(ApiError::Forbidden("that chunk is not part of the approved restore".into()));
+    }
+    let repo = crate::backups::open_repo(&state, &g.operation.vault).await?;
+    let out = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, repo::Error> {
+        let total: u64 = ids.iter().filter_map(|i| repo.index().get(i)).map(|l| u64::from(l.raw_len)).sum();
+        if total > MAX_CHUNK_BYTES {
+            return Err(repo::Error::Invalid(format!("ask for at most {MAX_CHUNK_BYTES} bytes of chunks per request")));
+        }
+        let mut out = Vec::new();
+        for i in ids {
+            let plain = repo.read_blob(&i)?;
+            out.extend_from_slice(&i.0);
+            out.extend_from_slice(&(plain.len() as u32).to_le_bytes());
+            out.extend_from_slice(&plain);
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| match e {
+        repo::Error::Invalid(m) => ApiError::BadRequest(m),
+        other => ApiError::Internal(other.to_string()),
+    })?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], out).into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Done {
+    ok: bool,
+    #[serde(default)]
+    files: u64,
+    #[serde(default)]
+    bytes: u64,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// `POST /api/v1/restores/{id}/done` (grant): the job's result, for the audit log.
+pub(crate) async fn done(
+    State(state): St,
+    g: GrantHolder,
+    Path(id): Path<String>,
+    Json(body): Json<Done>,
+) -> ApiResult<StatusCode> {
+    check_restore_id(&g, &id)?;
+    let err: Option<String> = body.error.map(|e| e.chars().take(500).collect());
+    audit(&state, "restore.finish", &g.operation.requester, if body.ok { "success" } else { "failure" }, serde_json::json!({"approval_id": id, "digest": g.approval.digest, "files": body.files, "bytes": body.bytes, "error": err})).await?;
+    state.vaults.plans.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    Ok(StatusCode::NO_CONTENT)
 }

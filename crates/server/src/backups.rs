@@ -39,7 +39,12 @@ pub struct BackupSession {
 pub struct Vaults {
     repos: Mutex<HashMap<String, Arc<Repository>>>,
     sessions: Mutex<HashMap<String, Arc<BackupSession>>>,
+    /// Approved restore plans and their chunk sets, by approval id.
+    pub(crate) plans: Mutex<HashMap<String, Arc<RestorePlan>>>,
 }
+
+/// An approved restore's entries and the chunks they may read.
+pub(crate) type RestorePlan = (Vec<repo::restore::PlanEntry>, std::collections::HashSet<Id>);
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
