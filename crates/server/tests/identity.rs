@@ -865,3 +865,82 @@ async fn approvals_are_refused_for_software_keys_on_hardware_vaults_stale_approv
     assert_eq!((st, code(&v)), (StatusCode::UNAUTHORIZED, "webauthn.unknown_credential"), "{v}");
     assert_eq!(s.get(&format!("/api/v1/approvals/{id}"), Some(&to)).await.1["status"], "pending");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_restore_grant_outlives_access_tokens_but_not_its_own_lifetime_and_reads_only_the_approved_snapshot() {
+    let (s, to, _owner, (mut alice, ta), _carol) = restore_fixture().await;
+    let r = request_restore(&s, &to, "prod").await;
+    let id = r["approval_id"].as_str().unwrap().to_string();
+    let (_, start, pkc) = sign_approval(&s, &mut alice, &ta, &id).await;
+    assert_eq!(
+        s.post(
+            &format!("/api/v1/approvals/{id}/finish"),
+            json!({"ceremony_id": start["ceremony_id"], "credential": pkc}),
+            Some(&ta)
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let grant = s.get(&format!("/api/v1/restores/{id}"), Some(&to)).await.1["grant"].as_str().unwrap().to_string();
+    // Two hours later every access token has expired; the job still runs on its grant.
+    s.state.clock.advance(2 * 3600);
+    assert_eq!(s.get("/api/v1/me", Some(&to)).await.0, StatusCode::UNAUTHORIZED);
+    let with_grant = |method: reqwest::Method, path: String| {
+        s.http.request(method, format!("{}{path}", s.base)).header("authorization", format!("Grant {grant}"))
+    };
+    let plan: Value = with_grant(reqwest::Method::GET, format!("/api/v1/restores/{id}/plan"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = plan["entries"].as_array().unwrap();
+    assert!(entries.len() > 5);
+    let chunk = entries
+        .iter()
+        .flat_map(|e| e["node"]["content"].as_array().cloned().unwrap_or_default())
+        .find_map(|c| c["id"].as_str().map(str::to_string))
+        .unwrap();
+    let resp = with_grant(reqwest::Method::POST, format!("/api/v1/restores/{id}/chunks"))
+        .json(&json!({"ids": [chunk]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.bytes().await.unwrap().len() > 36);
+    // A chunk of another vault's snapshot is not part of this grant.
+    let hw_repo = server::backups::open_repo(&s.state, "hw").await.unwrap();
+    let foreign = tokio::task::spawn_blocking(move || {
+        let (_, snap) = hw_repo.find_snapshot("latest").unwrap();
+        let plan = repo::restore::plan(&hw_repo, &snap.tree, &[]).unwrap();
+        plan.iter().flat_map(|e| e.node.content.clone()).find_map(|c| match c {
+            repo::model::Content::Chunk { id, .. } => Some(id.to_hex()),
+            _ => None,
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let resp = with_grant(reqwest::Method::POST, format!("/api/v1/restores/{id}/chunks"))
+        .json(&json!({"ids": [foreign]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    // A forged grant, or one past its lifetime, opens nothing.
+    let resp = s
+        .http
+        .get(format!("{}/api/v1/restores/{id}/plan", s.base))
+        .header("authorization", "Grant forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    s.state.clock.advance(server::approvals::GRANT_SECONDS);
+    assert_eq!(
+        with_grant(reqwest::Method::GET, format!("/api/v1/restores/{id}/plan")).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
