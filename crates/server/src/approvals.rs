@@ -225,7 +225,10 @@ async fn may_approve(
     .await?;
     match decision {
         Decision::Allow => Ok(()),
-        Decision::Deny { reason } => Err(ApiError::Denied(reason)),
+        Decision::Deny { reason } => {
+            state.metrics.refused(reason.code());
+            Err(ApiError::Denied(reason))
+        }
         _ => Err(ApiError::Denied(policy::DenyReason::NoRole)),
     }
 }
@@ -318,6 +321,11 @@ pub(crate) async fn finish(
     if !state.store.decide_approval(&a.id, &a.digest, true, &user.id, &evidence.to_string(), now).await? {
         return Err(ApiError::Conflict("this approval was decided meanwhile".into()));
     }
+    state.metrics.approvals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state
+        .metrics
+        .approval_seconds_sum
+        .fetch_add((now - a.created_at).max(0) as u64, std::sync::atomic::Ordering::Relaxed);
     audit(
         &state,
         "restore.approve",
@@ -573,6 +581,7 @@ pub(crate) async fn chunks(
         repo::Error::Invalid(m) => ApiError::BadRequest(m),
         other => ApiError::Internal(other.to_string()),
     })?;
+    state.metrics.bytes_out.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], out).into_response())
 }
 
@@ -596,6 +605,8 @@ pub(crate) async fn done(
 ) -> ApiResult<StatusCode> {
     check_restore_id(&g, &id)?;
     let err: Option<String> = body.error.map(|e| e.chars().take(500).collect());
+    let counter = if body.ok { &state.metrics.restores_ok } else { &state.metrics.restores_failed };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     audit(&state, "restore.finish", &g.operation.requester, if body.ok { "success" } else { "failure" }, serde_json::json!({"approval_id": id, "digest": g.approval.digest, "files": body.files, "bytes": body.bytes, "error": err})).await?;
     state.vaults.plans.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     Ok(StatusCode::NO_CONTENT)

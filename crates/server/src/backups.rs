@@ -31,6 +31,7 @@ pub const MAX_IDS: usize = 100_000;
 pub struct BackupSession {
     vault: String,
     user_id: String,
+    started: i64,
     writer: Writer<'static>,
 }
 
@@ -94,7 +95,12 @@ pub(crate) async fn start(
     let id = identity::codes::random_token(&mut rand_core::OsRng);
     let config = repo.config().clone();
     let key = hex::encode(repo.hasher_key());
-    let session = BackupSession { vault: vault.clone(), user_id: p.user.id.clone(), writer: Writer::shared(repo) };
+    let session = BackupSession {
+        vault: vault.clone(),
+        user_id: p.user.id.clone(),
+        started: state.clock.now(),
+        writer: Writer::shared(repo),
+    };
     state.vaults.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Arc::new(session));
     audit(&state, "backup.start", &p.user.username, "success", serde_json::json!({"vault": vault, "backup_id": id}))
         .await?;
@@ -184,6 +190,7 @@ pub(crate) async fn chunks(
     let batch = parse_batch(&body).map_err(ApiError::BadRequest)?;
     let n = batch.len();
     let stored: u64 = batch.iter().map(|c| c.data.len() as u64).sum();
+    state.metrics.bytes_in.fetch_add(stored, std::sync::atomic::Ordering::Relaxed);
     tokio::task::spawn_blocking(move || -> Result<(), repo::Error> {
         for chunk in batch {
             let repo = s.writer.repository();
@@ -246,11 +253,24 @@ pub(crate) async fn commit(
     let now = time::OffsetDateTime::from_unix_timestamp(state.clock.now()).map_err(internal)?;
     let hostname: String = body.hostname.chars().take(255).collect();
     let paths = body.paths.clone();
-    let (snap_id, snap) =
+    let started = session.started;
+    let committed =
         tokio::task::spawn_blocking(move || session.writer.commit(tree, paths, hostname, parent, body.summary, now))
             .await
             .map_err(internal)?
-            .map_err(repo_err)?;
+            .map_err(repo_err);
+    let (snap_id, snap) = match committed {
+        Ok(x) => x,
+        Err(e) => {
+            state.metrics.backups_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(e);
+        }
+    };
+    let m = &state.metrics;
+    m.backups_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    m.backup_bytes_read.fetch_add(snap.summary.bytes, std::sync::atomic::Ordering::Relaxed);
+    m.backup_bytes_new.fetch_add(snap.summary.new_bytes, std::sync::atomic::Ordering::Relaxed);
+    m.backup_seconds_sum.fetch_add((state.clock.now() - started).max(0) as u64, std::sync::atomic::Ordering::Relaxed);
     audit(
         &state,
         "backup.commit",

@@ -7,6 +7,7 @@ pub mod approvals;
 pub mod auth;
 pub mod backups;
 pub mod error;
+pub mod metrics;
 pub mod pages;
 pub mod routes;
 pub mod state;
@@ -70,6 +71,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/.well-known/openid-configuration", get(openid_configuration))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
         .route("/", get(pages::index))
         .route("/login", get(pages::login_page))
         .route("/enroll/{token}", get(pages::enroll_page))
@@ -102,6 +104,12 @@ async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) 
     let resp = next.run(req).await;
     tracing::info!(%method, route, status = resp.status().as_u16(), ms = start.elapsed().as_millis() as u64, "request");
     resp
+}
+
+async fn metrics_text(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
 /// Creates the first Owner's enrollment link if there are no users and no open link yet;

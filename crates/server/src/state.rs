@@ -75,6 +75,8 @@ pub struct AppState {
     pub master_key: repo::crypto::MasterKey,
     /// Open vault repositories and backup sessions.
     pub vaults: crate::backups::Vaults,
+    /// Prometheus counters.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Errors of start-up.
@@ -144,6 +146,7 @@ pub async fn open_state(config: &ServerConfig, clock: Clock) -> Result<AppState,
         data_dir: dir.clone(),
         master_key,
         vaults: Default::default(),
+        metrics: Default::default(),
     })
 }
 

@@ -78,7 +78,10 @@ pub async fn authorize(state: &AppState, p: &Principal, op: Operation, resource:
     )
     .await?;
     match decision {
-        Decision::Deny { reason } => Err(ApiError::Denied(reason)),
+        Decision::Deny { reason } => {
+            state.metrics.refused(reason.code());
+            Err(ApiError::Denied(reason))
+        }
         Decision::StepUp { acr_values, max_age } => Err(ApiError::StepUp { acr_values, max_age }),
         d => Ok(d),
     }

@@ -929,6 +929,11 @@ async fn the_restore_grant_outlives_access_tokens_but_not_its_own_lifetime_and_r
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    // The metrics saw the refusal and the bytes that left.
+    let metrics = s.http.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("strongroom_bytes_out_total "), "{metrics}");
+    assert!(metrics.contains("# TYPE strongroom_restores_total counter"));
+    assert!(metrics.contains("strongroom_approval_latency_seconds_count 1"), "{metrics}");
     // A forged grant, or one past its lifetime, opens nothing.
     let resp = s
         .http
