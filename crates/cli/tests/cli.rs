@@ -44,21 +44,9 @@ fn admin_commands_refuse_bad_input_and_missing_data() {
 
 #[test]
 fn first_start_prints_the_enrollment_link_alone_on_stdout_and_refuses_public_plain_http() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = strongroom()
-        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--public-url", &format!("http://localhost:{port}")])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(line.trim().starts_with(&format!("http://localhost:{port}/enroll/")), "{line}");
+    let s = start_server();
+    assert!(s.first_link.starts_with(&format!("{}/enroll/", s.base)), "{}", s.first_link);
+    let dir = &s.dir;
     use std::os::unix::fs::PermissionsExt;
     for f in ["metadata.db", "keys/token-signing.json", "keys/master.key"] {
         let mode = std::fs::metadata(dir.path().join("data").join(f)).unwrap().permissions().mode() & 0o777;
@@ -106,9 +94,17 @@ fn start_server() -> Server {
     Server { child, base, dir, first_link: first_link.trim().to_string() }
 }
 
+/// The software passkey file of whoever enrolled from `link` (one per link).
+fn key_path(s: &Server, link: &str) -> std::path::PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    link.hash(&mut h);
+    s.dir.path().join(format!("{:016x}.key", h.finish()))
+}
+
 /// Enrolls a software passkey from `link` and signs in; returns an access token.
 fn enroll_and_token(s: &Server, link: &str) -> String {
-    let key = s.dir.path().join(format!("{}.key", link.len() + link.as_bytes()[link.len() - 1] as usize));
+    let key = key_path(s, link);
     let softkey = std::path::Path::new(env!("CARGO_BIN_EXE_strongroom")).with_file_name("strongroom-softkey");
     let run = |args: &[&str]| {
         let out = Command::new(&softkey)
@@ -256,10 +252,14 @@ fn restore_waits_for_another_persons_passkey_approval_then_restores_byte_identic
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(!target.join("src").exists());
     // The requester cannot approve their own production restore.
-    let owner_key = s
-        .dir
-        .path()
-        .join(format!("{}.key", s.first_link.len() + s.first_link.as_bytes()[s.first_link.len() - 1] as usize));
+    assert!(client(
+        &s,
+        &owner,
+        &["role", "assign", "--user", "owner", "--role", "restore-operator", "--vault", "prod"]
+    )
+    .status
+    .success());
+    let owner_key = key_path(&s, &s.first_link);
     let out = Command::new(&softkey)
         .arg("--key")
         .arg(&owner_key)
@@ -267,6 +267,11 @@ fn restore_waits_for_another_persons_passkey_approval_then_restores_byte_identic
         .output()
         .unwrap();
     assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("policy.self_approval"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(&softkey)
         .arg("--key")
         .arg(&alice_key)
