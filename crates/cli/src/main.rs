@@ -81,6 +81,18 @@ enum Cmd {
         /// The approval URL.
         url: String,
     },
+    /// Check a vault: structure, or every byte with --read-data. Exit 1 if anything is damaged.
+    Check {
+        /// Vault name.
+        #[arg(long)]
+        vault: String,
+        /// Decrypt and verify every chunk.
+        #[arg(long)]
+        read_data: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List a vault's snapshots.
     Snapshots {
         /// Vault name.
@@ -373,6 +385,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or(false);
             if !opened {
                 println!("Open this page in a browser where you are signed in, check the operation and approve with your passkey:\n{url}");
+            }
+            Ok(())
+        }
+        Cmd::Check { vault, read_data, json } => {
+            let mut api = client::Api::new(cli.server.as_deref(), cli.token.as_deref())?;
+            let r = api
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/vaults/{vault}/check"),
+                    Some(serde_json::json!({"read_data": read_data})),
+                )
+                .await?;
+            let errors = r["errors"].as_array().cloned().unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for w in r["warnings"].as_array().into_iter().flatten() {
+                    println!(
+                        "warning: {}: {}",
+                        w["object"].as_str().unwrap_or(""),
+                        w["message"].as_str().unwrap_or("")
+                    );
+                }
+                for e in &errors {
+                    println!("error: {}: {}", e["object"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or(""));
+                }
+                println!(
+                    "{vault}: {} snapshots, {} trees, {} packs{}; {}",
+                    r["snapshots"],
+                    r["trees"],
+                    r["packs"],
+                    if read_data { format!(", {} chunks verified", r["blobs_verified"]) } else { String::new() },
+                    if errors.is_empty() { "no errors" } else { "DAMAGED" }
+                );
+            }
+            if !errors.is_empty() {
+                bail!("{} errors in vault {vault}", errors.len());
             }
             Ok(())
         }

@@ -163,6 +163,12 @@ fn backup_through_the_server_stores_exactly_the_files_and_the_next_backup_reads_
     assert!(list.iter().all(|x| x["time"].is_string() && x["paths"][0] == src.to_str().unwrap()));
     assert_ne!(first["snapshot_id"], second["snapshot_id"]);
 
+    // The server's check, reading every byte.
+    let out = client(&s, &token, &["check", "--vault", "lab", "--read-data", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"], serde_json::json!([]));
+    assert!(report["blobs_verified"].as_u64().unwrap() > 5, "{report}");
     // What the server stored restores byte-identical (read with the engine and the master key).
     let data = s.dir.path().join("data");
     let master = repo::crypto::MasterKey::load(&data.join("keys/master.key")).unwrap();

@@ -341,3 +341,28 @@ mod tests {
         assert!(parse_batch(&b[..10]).is_err());
     }
 }
+
+#[derive(Deserialize, Default)]
+pub(crate) struct CheckBody {
+    #[serde(default)]
+    read_data: bool,
+}
+
+/// `POST /api/v1/vaults/{vault}/check` `{"read_data"?}`: the engine's check on the server.
+pub(crate) async fn check(
+    State(state): St,
+    p: Principal,
+    Path(vault): Path<String>,
+    body: Option<Json<CheckBody>>,
+) -> ApiResult<Json<repo::check::CheckReport>> {
+    let read_data = body.map(|b| b.0.read_data).unwrap_or(false);
+    let policy = vault_policy(&state, &vault).await?;
+    authorize(&state, &p, Operation::Check, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    let repo = open_repo(&state, &vault).await?;
+    let report = tokio::task::spawn_blocking(move || repo::check::check(&repo, read_data))
+        .await
+        .map_err(internal)?
+        .map_err(repo_err)?;
+    audit(&state, "vault.check", &p.user.username, if report.ok() { "ok" } else { "errors" }, serde_json::json!({"vault": vault, "read_data": read_data, "errors": report.errors.len(), "warnings": report.warnings.len()})).await?;
+    Ok(Json(report))
+}

@@ -47,6 +47,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/policy/simulate", post(vaults::simulate))
         .route("/vaults/{name}/backups", post(backups::start))
         .route("/vaults/{name}/snapshots", get(backups::snapshots))
+        .route("/vaults/{name}/check", post(backups::check))
         .route("/vaults/{name}/trees/{id}", get(backups::tree))
         .route("/backups/{id}/missing", post(backups::missing))
         .route("/backups/{id}/commit", post(backups::commit))
