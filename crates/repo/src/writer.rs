@@ -77,7 +77,12 @@ pub struct Writer<'r> {
     uploaders: Vec<JoinHandle<()>>,
     stats: WriterStats,
     force: bool,
+    checkpoint_packs: usize,
 }
+
+/// Packs uploaded between index checkpoints: an interrupted backup loses at most this many
+/// packs' worth of uploads (the next backup finds everything before the last checkpoint).
+pub const CHECKPOINT_PACKS: usize = 8;
 
 /// Counters of a write session.
 #[derive(Debug, Default)]
@@ -136,6 +141,7 @@ impl<'r> Writer<'r> {
             uploaders,
             stats: WriterStats::default(),
             force: false,
+            checkpoint_packs: CHECKPOINT_PACKS,
         }
     }
 
@@ -172,9 +178,48 @@ impl<'r> Writer<'r> {
         self.check_failure()
     }
 
-    /// Stores chunks even if the index already has them elsewhere (prune's repacking).
+    /// Stores chunks even if the index already has them elsewhere (prune's repacking). Such a
+    /// writer never checkpoints: prune writes the index itself, naming what it supersedes.
     pub(crate) fn force_rewrite(&mut self) {
         self.force = true;
+        self.checkpoint_packs = usize::MAX;
+    }
+
+    /// Writes an index file after every `packs` uploaded packs (at least 1), so an interrupted
+    /// session keeps what it uploaded. Default [`CHECKPOINT_PACKS`].
+    pub fn set_checkpoint_packs(&mut self, packs: usize) {
+        if !self.force {
+            self.checkpoint_packs = packs.max(1);
+        }
+    }
+
+    /// Indexes the packs uploaded so far if there are enough of them.
+    fn maybe_checkpoint(&self) -> Result<()> {
+        let packs = {
+            let mut written = lock(&self.written);
+            if written.len() < self.checkpoint_packs {
+                return Ok(());
+            }
+            std::mem::take(&mut *written)
+        };
+        self.write_index(packs)
+    }
+
+    /// Makes `packs` durable, then writes and syncs the index file naming them, then adds it
+    /// to the in-memory index (after which `missing` no longer asks for their chunks).
+    fn write_index(&self, packs: Vec<IndexPack>) -> Result<()> {
+        if packs.is_empty() {
+            return Ok(());
+        }
+        self.repo.backend().sync()?;
+        let file = IndexFile { packs, supersedes: Vec::new() };
+        let id = self.repo.write_index_file(&file)?;
+        self.repo.backend().sync()?;
+        let mut index = self.repo.index.write().unwrap_or_else(|p| p.into_inner());
+        index.add_file("(new index)", &file)?;
+        drop(index);
+        self.repo.note_index_file(id);
+        Ok(())
     }
 
     /// Uploads every pending pack and makes them durable; returns their index records
@@ -200,16 +245,7 @@ impl<'r> Writer<'r> {
     /// this, every chunk put so far is in the index.
     pub fn flush(&mut self) -> Result<()> {
         let packs = self.finish_packs()?;
-        if !packs.is_empty() {
-            // Packs are durable; now the index that names them.
-            let file = IndexFile { packs, supersedes: Vec::new() };
-            let id = self.repo.write_index_file(&file)?;
-            self.repo.backend().sync()?;
-            let mut index = self.repo.index.write().unwrap_or_else(|p| p.into_inner());
-            index.add_file("(new index)", &file)?;
-            self.repo.note_index_file(id);
-        }
-        Ok(())
+        self.write_index(packs)
     }
 
     /// Flushes, then records a snapshot of `tree` taken at `now`. The snapshot is written only
@@ -260,7 +296,8 @@ impl ChunkSink for Writer<'_> {
         self.stats.raw_bytes.fetch_add(u64::from(chunk.raw_len), Ordering::Relaxed);
         self.stats.stored_bytes.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
         if pack.len() >= self.repo.config().pack_size as usize || pack.count() >= MAX_BLOBS {
-            self.send(pack)
+            self.send(pack)?;
+            self.maybe_checkpoint()
         } else {
             lock(&self.open).push(pack);
             Ok(())

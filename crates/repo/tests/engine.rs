@@ -549,6 +549,46 @@ fn prune_deletes_orphan_packs_left_by_a_crashed_backup() {
     assert_restores_to(&open(mem.clone()), &s1, &state1);
 }
 
+#[test]
+fn an_interrupted_backup_resumes_from_its_last_checkpoint_without_uploading_it_again() {
+    let tmp = tempdir();
+    let src = tmp.path().join("data");
+    fs::create_dir_all(&src).unwrap();
+    // About 24 one-MiB packs of incompressible data: three checkpoints' worth.
+    for i in 0..6u64 {
+        rewrite(&src.join(format!("part{i}.bin")), &random_bytes(40 + i, 4 << 20), DAY0);
+    }
+    let mem = Arc::new(MemBackend::new());
+    init(mem.clone(), small_opts());
+    let full_puts = {
+        let f = Arc::new(FaultBackend::new(Arc::new(mem.fork())));
+        backup(&open(f.clone()), &src, None, DAY0);
+        f.puts()
+    };
+    assert!(full_puts >= 24, "expected many packs, got {full_puts} puts");
+
+    // The process dies three quarters of the way through (nothing after that put lands).
+    let cut = full_puts * 3 / 4;
+    let f = Arc::new(FaultBackend::crash_after_puts(mem.clone(), cut));
+    let err =
+        backup_local(&open(f.clone()), std::slice::from_ref(&src), None, HOST, fixed_time(DAY0), &Progress::default());
+    assert!(err.is_err(), "the backup should have been cut off");
+    assert!(open(mem.clone()).snapshot_ids().unwrap().is_empty(), "nothing was committed");
+
+    // The next run finds the checkpointed chunks and uploads only the rest.
+    let f = Arc::new(FaultBackend::new(mem.clone()));
+    let repo = open(f.clone());
+    let (id, snap) = backup(&repo, &src, None, DAY0 + HOUR);
+    let resumed_puts = f.puts();
+    assert!(
+        resumed_puts + repo::writer::CHECKPOINT_PACKS * 2 <= full_puts,
+        "resumed backup put {resumed_puts} objects, a full one {full_puts}: checkpoints were not used"
+    );
+    assert!(snap.summary.new_bytes < snap.summary.bytes / 2, "{:?}", snap.summary);
+    assert_restores_to(&repo, &id, &src);
+    assert_no_errors(&open(mem.clone()), "after the resumed backup");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Damage
 // ---------------------------------------------------------------------------------------------
