@@ -102,6 +102,56 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Apply retention rules: delete the snapshots no rule keeps (the server decides, on its
+    /// own commit times). Data stays until `prune` (or give --prune).
+    ///
+    /// Rules are applied per (host, paths) group; a snapshot stays if any rule keeps it:
+    /// `--keep-daily 7` keeps the newest snapshot of each of the last 7 days that have one.
+    #[command(
+        after_help = "Example: strongroom forget --vault prod --keep-last 3 --keep-daily 7 --keep-weekly 4 --dry-run"
+    )]
+    Forget {
+        /// Vault name.
+        #[arg(long)]
+        vault: String,
+        /// Keep the newest N snapshots.
+        #[arg(long, default_value_t = 0)]
+        keep_last: usize,
+        /// Keep the newest snapshot of each of the last N days.
+        #[arg(long, default_value_t = 0)]
+        keep_daily: usize,
+        /// Keep the newest snapshot of each of the last N ISO weeks.
+        #[arg(long, default_value_t = 0)]
+        keep_weekly: usize,
+        /// Keep the newest snapshot of each of the last N months.
+        #[arg(long, default_value_t = 0)]
+        keep_monthly: usize,
+        /// Only show what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Prune right after (the vault is taken exclusively meanwhile).
+        #[arg(long)]
+        prune: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove data no snapshot references and repack mostly-unused packs. Waits for no one:
+    /// refused while a backup or restore uses the vault.
+    Prune {
+        /// Vault name.
+        #[arg(long)]
+        vault: String,
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Repack a pack when more than this percentage of it is unreferenced.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u8).range(0..=100))]
+        max_unused: u8,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Vaults: create, list, show.
     #[command(subcommand)]
     Vault(VaultCmd),
@@ -149,6 +199,14 @@ struct ServerArgs {
     #[arg(long = "attestation-root", env = "STRONGROOM_ATTESTATION_ROOTS", value_delimiter = ',')]
     #[serde(default)]
     attestation_roots: Vec<PathBuf>,
+    /// Lifetime of access tokens in seconds, 1 to 900 [default: 900]. Clients refresh them;
+    /// approved restores run on their own grant, so a short lifetime never cuts a restore off.
+    #[arg(long, env = "STRONGROOM_ACCESS_TOKEN_SECONDS")]
+    access_token_seconds: Option<i64>,
+    /// Packs (16 MiB each) a backup uploads between index checkpoints: an interrupted backup
+    /// keeps everything before its last checkpoint [default: 8].
+    #[arg(long, env = "STRONGROOM_CHECKPOINT_PACKS")]
+    checkpoint_packs: Option<usize>,
 }
 
 /// Settings after merging flags, environment, config file and defaults.
@@ -159,6 +217,8 @@ struct Settings {
     behind_proxy: bool,
     tls: Option<(PathBuf, PathBuf)>,
     attestation_roots: Vec<PathBuf>,
+    access_token_seconds: i64,
+    checkpoint_packs: usize,
 }
 
 impl ServerArgs {
@@ -190,8 +250,28 @@ impl ServerArgs {
             } else {
                 self.attestation_roots
             },
+            access_token_seconds: self
+                .access_token_seconds
+                .or(file.access_token_seconds)
+                .unwrap_or(identity::token::ACCESS_TOKEN_SECONDS),
+            checkpoint_packs: self.checkpoint_packs.or(file.checkpoint_packs).unwrap_or(repo::writer::CHECKPOINT_PACKS),
         })
     }
+}
+
+fn print_prune(r: &serde_json::Value, dry_run: bool) {
+    let n = |k: &str| r[k].as_i64().unwrap_or(0);
+    println!(
+        "prune{}: {} chunks in use, {} removed; {} packs deleted, {} repacked, {} orphan packs deleted; {:.1} MB {}",
+        if dry_run { " (dry run)" } else { "" },
+        n("blobs_used"),
+        n("blobs_removed"),
+        n("packs_deleted"),
+        n("packs_repacked"),
+        n("orphans_deleted"),
+        n("bytes_freed") as f64 / 1e6,
+        if dry_run { "would be freed" } else { "freed" }
+    );
 }
 
 #[derive(Subcommand, Debug)]
@@ -334,7 +414,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     Err(_) => url::Url::parse("http://localhost:8440")?,
                 },
             };
-            let config = server::ServerConfig { data_dir, public_url, attestation_roots: Vec::new() };
+            let config = server::ServerConfig::new(data_dir, public_url);
             let state = server::open_state(&config, server::Clock::default()).await?;
             let existing = state.store.user_by_name(&user).await?;
             let (role, uid) = match existing {
@@ -449,6 +529,71 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Forget { vault, keep_last, keep_daily, keep_weekly, keep_monthly, dry_run, prune, json } => {
+            if keep_last + keep_daily + keep_weekly + keep_monthly == 0 {
+                bail!("give at least one --keep-last/--keep-daily/--keep-weekly/--keep-monthly rule (none would delete every snapshot)");
+            }
+            let mut api = client::Api::new(cli.server.as_deref(), cli.token.as_deref())?;
+            let v = api
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/vaults/{vault}/forget"),
+                    Some(serde_json::json!({
+                        "keep_last": keep_last, "keep_daily": keep_daily, "keep_weekly": keep_weekly,
+                        "keep_monthly": keep_monthly, "dry_run": dry_run, "prune": prune,
+                    })),
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            for d in v["snapshots"].as_array().into_iter().flatten() {
+                let keep = d["keep"].as_bool().unwrap_or(true);
+                let reasons: Vec<String> = serde_json::from_value(d["reasons"].clone()).unwrap_or_default();
+                println!(
+                    "{}  {}  {}  {}",
+                    if keep {
+                        "keep  "
+                    } else if dry_run {
+                        "would remove"
+                    } else {
+                        "remove"
+                    },
+                    d["id"].as_str().unwrap_or("?").get(..8).unwrap_or("?"),
+                    d["time"].as_str().unwrap_or("?"),
+                    reasons.join(",")
+                );
+            }
+            println!(
+                "{vault}: {} kept, {} {}",
+                v["kept"],
+                v["removed"],
+                if dry_run { "would be removed (dry run)" } else { "removed" }
+            );
+            if !v["prune"].is_null() {
+                print_prune(&v["prune"], false);
+            } else if !dry_run && v["removed"].as_u64().unwrap_or(0) > 0 {
+                println!("Their data stays until: strongroom prune --vault {vault}");
+            }
+            Ok(())
+        }
+        Cmd::Prune { vault, dry_run, max_unused, json } => {
+            let mut api = client::Api::new(cli.server.as_deref(), cli.token.as_deref())?;
+            let v = api
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/vaults/{vault}/prune"),
+                    Some(serde_json::json!({"dry_run": dry_run, "max_unused_percent": max_unused})),
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_prune(&v, dry_run);
+            }
+            Ok(())
+        }
         Cmd::Vault(cmd) => vault_cmd(cli.server.as_deref(), cli.token.as_deref(), cmd).await,
         Cmd::Role(cmd) => role_cmd(cli.server.as_deref(), cli.token.as_deref(), cmd).await,
         Cmd::Policy(PolicyCmd::Simulate { user, vault, operation, json }) => {
@@ -506,9 +651,10 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         );
     }
     let config = server::ServerConfig {
-        data_dir: args.data_dir.clone(),
-        public_url: args.public_url.clone(),
         attestation_roots: args.attestation_roots.clone(),
+        access_token_seconds: args.access_token_seconds,
+        checkpoint_packs: args.checkpoint_packs,
+        ..server::ServerConfig::new(args.data_dir.clone(), args.public_url.clone())
     };
     let state = Arc::new(server::open_state(&config, server::Clock::default()).await?);
     // Remembered so offline tools on this host (admin enroll-link) print links users can open.

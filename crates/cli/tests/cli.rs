@@ -179,6 +179,25 @@ fn backup_through_the_server_stores_exactly_the_files_and_the_next_backup_reads_
     repo::restore::restore(&r, &snap, &target, &Default::default(), &Default::default()).unwrap();
     testkit::assert_trees_equal(&src, &target.join("src"));
     assert!(repo::check::check(&r, true).unwrap().ok());
+
+    // Retention on the server: a dry run deletes nothing, then keep the newest and prune.
+    let out = client(&s, &token, &["forget", "--vault", "lab"]);
+    assert_eq!(out.status.code(), Some(1), "no rule is refused");
+    let out = client(&s, &token, &["forget", "--vault", "lab", "--keep-last", "1", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && text.contains("1 kept, 1 would be removed"), "{text}");
+    let out = client(&s, &token, &["forget", "--vault", "lab", "--keep-last", "1", "--prune"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("1 kept, 1 removed") && text.contains("prune: "), "{text}");
+    let out = client(&s, &token, &["snapshots", "--vault", "lab", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], second["snapshot_id"]);
+    let out = client(&s, &token, &["prune", "--vault", "lab", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["blobs_removed"], 0, "nothing left to prune: {report}");
+    assert!(client(&s, &token, &["check", "--vault", "lab", "--read-data"]).status.success());
 }
 
 #[test]

@@ -470,6 +470,7 @@ fn check_restore_id(g: &GrantHolder, id: &str) -> ApiResult<()> {
 
 /// The approved plan, and the set of chunks it may read, cached per approval.
 async fn approved_plan(state: &AppState, g: &GrantHolder) -> ApiResult<Arc<crate::backups::RestorePlan>> {
+    crate::backups::note_restore_activity(state, &g.approval.id, &g.operation.vault)?;
     if let Some(p) = state.vaults.plans.lock().unwrap_or_else(|p| p.into_inner()).get(&g.approval.id) {
         return Ok(p.clone());
     }
@@ -609,5 +610,6 @@ pub(crate) async fn done(
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     audit(&state, "restore.finish", &g.operation.requester, if body.ok { "success" } else { "failure" }, serde_json::json!({"approval_id": id, "digest": g.approval.digest, "files": body.files, "bytes": body.bytes, "error": err})).await?;
     state.vaults.plans.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    state.vaults.restoring.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     Ok(StatusCode::NO_CONTENT)
 }

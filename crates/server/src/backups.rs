@@ -4,7 +4,8 @@
 //! is re-verified (decompress + keyed hash) before it is stored: a client cannot put data under
 //! another chunk's id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -27,21 +28,110 @@ pub const MAX_BATCH: usize = 64 << 20;
 /// Ids per `missing` query.
 pub const MAX_IDS: usize = 100_000;
 
+/// A backup session unused for this long is closed: what it uploaded is indexed (so the next
+/// backup does not send it again) and its id stops working.
+pub const SESSION_IDLE_SECONDS: i64 = 900;
+
 /// One backup in progress.
 pub struct BackupSession {
     vault: String,
     user_id: String,
     started: i64,
+    last_used: AtomicI64,
     writer: Writer<'static>,
 }
 
-/// Open repositories and backup sessions.
+/// Open repositories, backup sessions, restores in progress and running maintenance.
+///
+/// Lock order, where more than one is held: `sessions`, then `restoring`, then `maintenance`.
 #[derive(Default)]
 pub struct Vaults {
     repos: Mutex<HashMap<String, Arc<Repository>>>,
     sessions: Mutex<HashMap<String, Arc<BackupSession>>>,
     /// Approved restore plans and their chunk sets, by approval id.
     pub(crate) plans: Mutex<HashMap<String, Arc<RestorePlan>>>,
+    /// Restores reading a vault: approval id → (vault, time of the last request).
+    pub(crate) restoring: Mutex<HashMap<String, (String, i64)>>,
+    /// Vaults a prune is rewriting: no backup or restore may start meanwhile.
+    maintenance: Mutex<HashSet<String>>,
+}
+
+fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Closes backup sessions idle for longer than [`SESSION_IDLE_SECONDS`], indexing what they
+/// stored. Returns how many were closed.
+pub async fn close_idle_sessions(state: &AppState) -> usize {
+    let cutoff = state.clock.now() - SESSION_IDLE_SECONDS;
+    let idle: Vec<(String, Arc<BackupSession>)> = {
+        let mut sessions = guard(&state.vaults.sessions);
+        let ids: Vec<String> = sessions
+            .iter()
+            .filter(|(_, s)| s.last_used.load(Ordering::Relaxed) < cutoff)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.into_iter().filter_map(|id| sessions.remove(&id).map(|s| (id, s))).collect()
+    };
+    let n = idle.len();
+    for (id, s) in idle {
+        let vault = s.vault.clone();
+        // A request still holding the session ends soon; its uploads then stay unindexed
+        // orphans (reported by check, removed by prune) rather than blocking here.
+        if let Ok(mut session) = Arc::try_unwrap(s) {
+            let flushed = tokio::task::spawn_blocking(move || session.writer.flush()).await;
+            if !matches!(flushed, Ok(Ok(()))) {
+                tracing::warn!(%vault, backup_id = %id, "an idle backup session could not index its uploads");
+            }
+        }
+        tracing::info!(%vault, backup_id = %id, "closed an idle backup session");
+    }
+    n
+}
+
+/// Holds a vault for maintenance; released on drop.
+pub(crate) struct MaintenanceGuard {
+    state: Arc<AppState>,
+    vault: String,
+}
+
+impl Drop for MaintenanceGuard {
+    fn drop(&mut self) {
+        guard(&self.state.vaults.maintenance).remove(&self.vault);
+    }
+}
+
+/// Takes a vault for maintenance, or says what is using it.
+pub(crate) async fn begin_maintenance(state: &Arc<AppState>, vault: &str) -> ApiResult<MaintenanceGuard> {
+    close_idle_sessions(state).await;
+    let now = state.clock.now();
+    let sessions = guard(&state.vaults.sessions);
+    if sessions.values().any(|s| s.vault == vault) {
+        return Err(ApiError::Conflict(format!(
+            "a backup to vault {vault} is in progress; run this again when it has finished"
+        )));
+    }
+    let restoring = guard(&state.vaults.restoring);
+    if restoring.values().any(|(v, last)| v == vault && *last >= now - SESSION_IDLE_SECONDS) {
+        return Err(ApiError::Conflict(format!(
+            "a restore from vault {vault} is in progress; run this again when it has finished"
+        )));
+    }
+    let mut maintenance = guard(&state.vaults.maintenance);
+    if !maintenance.insert(vault.to_string()) {
+        return Err(ApiError::Conflict(format!("vault {vault} is already being pruned")));
+    }
+    Ok(MaintenanceGuard { state: state.clone(), vault: vault.to_string() })
+}
+
+/// Records that a restore reads `vault` now; refused while the vault is being pruned.
+pub(crate) fn note_restore_activity(state: &AppState, approval_id: &str, vault: &str) -> ApiResult<()> {
+    let mut restoring = guard(&state.vaults.restoring);
+    if guard(&state.vaults.maintenance).contains(vault) {
+        return Err(ApiError::Conflict(format!("vault {vault} is being pruned; try again in a minute")));
+    }
+    restoring.insert(approval_id.to_string(), (vault.to_string(), state.clock.now()));
+    Ok(())
 }
 
 /// An approved restore's entries and the chunks they may read.
@@ -78,7 +168,7 @@ pub async fn open_repo(state: &AppState, vault: &str) -> ApiResult<Arc<Repositor
     Ok(map.entry(vault.to_string()).or_insert(repo).clone())
 }
 
-async fn vault_policy(state: &AppState, name: &str) -> ApiResult<VaultPolicy> {
+pub(crate) async fn vault_policy(state: &AppState, name: &str) -> ApiResult<VaultPolicy> {
     let v = state.store.vault(name).await?.ok_or_else(|| ApiError::NotFound(format!("no vault {name}")))?;
     serde_json::from_str(&v.policy_json).map_err(internal)
 }
@@ -91,17 +181,28 @@ pub(crate) async fn start(
 ) -> ApiResult<Json<serde_json::Value>> {
     let policy = vault_policy(&state, &vault).await?;
     authorize(&state, &p, Operation::Backup, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    close_idle_sessions(&state).await;
     let repo = open_repo(&state, &vault).await?;
     let id = identity::codes::random_token(&mut rand_core::OsRng);
     let config = repo.config().clone();
     let key = hex::encode(repo.hasher_key());
+    let mut writer = Writer::shared(repo);
+    writer.set_checkpoint_packs(state.checkpoint_packs);
+    let now = state.clock.now();
     let session = BackupSession {
         vault: vault.clone(),
         user_id: p.user.id.clone(),
-        started: state.clock.now(),
-        writer: Writer::shared(repo),
+        started: now,
+        last_used: AtomicI64::new(now),
+        writer,
     };
-    state.vaults.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Arc::new(session));
+    {
+        let mut sessions = guard(&state.vaults.sessions);
+        if guard(&state.vaults.maintenance).contains(&vault) {
+            return Err(ApiError::Conflict(format!("vault {vault} is being pruned; try again in a minute")));
+        }
+        sessions.insert(id.clone(), Arc::new(session));
+    }
     audit(&state, "backup.start", &p.user.username, "success", serde_json::json!({"vault": vault, "backup_id": id}))
         .await?;
     Ok(Json(serde_json::json!({
@@ -124,6 +225,7 @@ fn session(state: &AppState, p: &Principal, id: &str) -> ApiResult<Arc<BackupSes
     if s.user_id != p.user.id {
         return Err(ApiError::NotFound("no such backup session (it may have ended)".into()));
     }
+    s.last_used.store(state.clock.now(), Ordering::Relaxed);
     Ok(s)
 }
 

@@ -9,6 +9,7 @@ pub mod backups;
 pub mod error;
 pub mod metrics;
 pub mod pages;
+pub mod retention;
 pub mod routes;
 pub mod state;
 pub mod vaults;
@@ -48,6 +49,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/vaults/{name}/backups", post(backups::start))
         .route("/vaults/{name}/snapshots", get(backups::snapshots))
         .route("/vaults/{name}/check", post(backups::check))
+        .route("/vaults/{name}/forget", post(retention::forget))
+        .route("/vaults/{name}/prune", post(retention::prune))
         .route("/vaults/{name}/trees/{id}", get(backups::tree))
         .route("/backups/{id}/missing", post(backups::missing))
         .route("/backups/{id}/commit", post(backups::commit))

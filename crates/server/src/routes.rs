@@ -11,7 +11,7 @@ use identity::codes::{random_token, token_hash};
 use identity::proto::{
     AuthenticationState, Credential, PublicKeyCredential, RegisterPublicKeyCredential, RegistrationState,
 };
-use identity::token::{AccessClaims, ACCESS_TOKEN_SECONDS};
+use identity::token::AccessClaims;
 use identity::{IdentityError, Strength};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -416,7 +416,7 @@ fn access_token(state: &AppState, session: &store::Session) -> ApiResult<String>
         sub: session.user_id.clone(),
         aud: state.signer.audience().to_string(),
         // A token never outlives the session behind it.
-        exp: (now + ACCESS_TOKEN_SECONDS).min(session.expires_at),
+        exp: (now + state.access_token_seconds).min(session.expires_at),
         iat: now,
         auth_time: session.auth_time,
         amr: serde_json::from_str(&session.amr).map_err(internal)?,
@@ -439,7 +439,7 @@ pub(crate) async fn login_finish(State(state): St, Json(body): Json<AssertionFin
         if state.secure_cookies { "; Secure" } else { "" }
     );
     let mut resp = Json(serde_json::json!({
-        "access_token": token, "token_type": "Bearer", "expires_in": ACCESS_TOKEN_SECONDS,
+        "access_token": token, "token_type": "Bearer", "expires_in": state.access_token_seconds,
     }))
     .into_response();
     resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(internal)?);
@@ -780,7 +780,7 @@ async fn token_response(
     let family = family.unwrap_or_else(|| random_token(&mut rand_core::OsRng));
     state.store.insert_refresh_token(&token_hash(&refresh), &family, &session.id, session.expires_at, now).await?;
     let mut r = Json(serde_json::json!({
-        "access_token": access, "token_type": "Bearer", "expires_in": ACCESS_TOKEN_SECONDS, "refresh_token": refresh,
+        "access_token": access, "token_type": "Bearer", "expires_in": state.access_token_seconds, "refresh_token": refresh,
     }))
     .into_response();
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

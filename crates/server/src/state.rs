@@ -53,6 +53,23 @@ pub struct ServerConfig {
     pub public_url: Url,
     /// PEM files of attestation roots whose authenticators count as hardware.
     pub attestation_roots: Vec<PathBuf>,
+    /// Lifetime of access tokens, 1 to 900 seconds (default 900).
+    pub access_token_seconds: i64,
+    /// Packs a backup uploads between index checkpoints (what an interrupted backup keeps).
+    pub checkpoint_packs: usize,
+}
+
+impl ServerConfig {
+    /// The defaults for a data directory and public URL.
+    pub fn new(data_dir: PathBuf, public_url: Url) -> ServerConfig {
+        ServerConfig {
+            data_dir,
+            public_url,
+            attestation_roots: Vec::new(),
+            access_token_seconds: identity::token::ACCESS_TOKEN_SECONDS,
+            checkpoint_packs: repo::writer::CHECKPOINT_PACKS,
+        }
+    }
 }
 
 /// Everything a request handler needs.
@@ -77,6 +94,10 @@ pub struct AppState {
     pub vaults: crate::backups::Vaults,
     /// Prometheus counters.
     pub metrics: crate::metrics::Metrics,
+    /// Lifetime of access tokens in seconds.
+    pub access_token_seconds: i64,
+    /// Packs a backup uploads between index checkpoints.
+    pub checkpoint_packs: usize,
 }
 
 /// Errors of start-up.
@@ -131,6 +152,15 @@ pub async fn open_state(config: &ServerConfig, clock: Clock) -> Result<AppState,
         }
         Err(e) => return Err(StartError::Io(keys_path, e)),
     };
+    if !(1..=identity::token::ACCESS_TOKEN_SECONDS).contains(&config.access_token_seconds) {
+        return Err(StartError::Config(format!(
+            "access_token_seconds must be between 1 and {}",
+            identity::token::ACCESS_TOKEN_SECONDS
+        )));
+    }
+    if config.checkpoint_packs == 0 {
+        return Err(StartError::Config("checkpoint_packs must be at least 1".into()));
+    }
     let issuer = config.public_url.as_str().trim_end_matches('/').to_string();
     let signer = TokenSigner::new(&issuer, AUDIENCE, &keys).map_err(|e| StartError::Config(e.to_string()))?;
     let roots = attestation_roots(&config.attestation_roots)?;
@@ -147,6 +177,8 @@ pub async fn open_state(config: &ServerConfig, clock: Clock) -> Result<AppState,
         master_key,
         vaults: Default::default(),
         metrics: Default::default(),
+        access_token_seconds: config.access_token_seconds,
+        checkpoint_packs: config.checkpoint_packs,
     })
 }
 

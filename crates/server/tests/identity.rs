@@ -20,11 +20,7 @@ async fn spawn() -> Srv {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let base = format!("http://localhost:{port}");
-    let config = server::ServerConfig {
-        data_dir: dir.path().join("data"),
-        public_url: url::Url::parse(&base).unwrap(),
-        attestation_roots: vec![],
-    };
+    let config = server::ServerConfig::new(dir.path().join("data"), url::Url::parse(&base).unwrap());
     let state = Arc::new(server::open_state(&config, server::Clock::default()).await.unwrap());
     tokio::spawn(server::serve(state.clone(), listener, std::future::pending()));
     let http = reqwest::Client::builder().cookie_store(true).build().unwrap();
@@ -441,9 +437,8 @@ async fn attestation_from_a_trusted_root_counts_as_hardware_and_others_do_not() 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
     let config = server::ServerConfig {
-        data_dir: dir.path().join("data"),
-        public_url: url::Url::parse(&base).unwrap(),
         attestation_roots: vec![root],
+        ..server::ServerConfig::new(dir.path().join("data"), url::Url::parse(&base).unwrap())
     };
     let state = Arc::new(server::open_state(&config, server::Clock::default()).await.unwrap());
     tokio::spawn(server::serve(state.clone(), listener, std::future::pending()));
@@ -948,4 +943,78 @@ async fn the_restore_grant_outlives_access_tokens_but_not_its_own_lifetime_and_r
         with_grant(reqwest::Method::GET, format!("/api/v1/restores/{id}/plan")).send().await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_runs_on_the_servers_commit_times_and_prune_never_overlaps_a_backup() {
+    let (s, _, (mut owner, _), (mut alice, _), (mut carol, _)) = restore_fixture().await;
+    let to = s.token(&mut owner, Some("owner")).await;
+    let (_, list) = s.get("/api/v1/vaults/prod/snapshots", Some(&to)).await;
+    let tree = list["snapshots"][0]["tree"].as_str().unwrap().to_string();
+
+    // Four daily backups that each claim to be from 2001: the server records its own time.
+    for day in 0..4 {
+        let to = s.token(&mut owner, Some("owner")).await;
+        let (st, b) = s.post("/api/v1/vaults/prod/backups", json!({}), Some(&to)).await;
+        assert_eq!(st, StatusCode::OK, "{b}");
+        let id = b["backup_id"].as_str().unwrap();
+        let body = json!({"tree": tree, "paths": ["/srv"], "hostname": "web", "time": "2001-01-01T00:00:00Z"});
+        let (st, c) = s.post(&format!("/api/v1/backups/{id}/commit"), body, Some(&to)).await;
+        assert_eq!(st, StatusCode::OK, "{c}");
+        let now = s.state.clock.now();
+        assert!((c["time"].as_i64().unwrap() - now).abs() <= 2, "day {day}: {c} is not the server's time {now}");
+        s.state.clock.advance(86_400);
+    }
+    let to = s.token(&mut owner, Some("owner")).await;
+    let (_, list) = s.get("/api/v1/vaults/prod/snapshots", Some(&to)).await;
+    let snaps = list["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 5);
+    assert!(snaps.iter().all(|x| !x["time"].as_str().unwrap().starts_with("2001")), "{list}");
+
+    // Who may apply retention: not a reader, not a restore operator.
+    let ta = s.token(&mut alice, Some("alice")).await;
+    let tc = s.token(&mut carol, Some("carol")).await;
+    for t in [&ta, &tc] {
+        let (st, v) = s.post("/api/v1/vaults/prod/forget", json!({"keep_last": 1}), Some(t)).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+        assert_eq!(code(&v), "policy.no_role");
+    }
+    let (st, v) = s.post("/api/v1/vaults/prod/forget", json!({}), Some(&to)).await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "request.malformed"), "{v}");
+    let (st, v) = s.post("/api/v1/vaults/prod/forget", json!({"keep_daily": 2, "keep_forever": 1}), Some(&to)).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "unknown rules are refused, not ignored: {v}");
+
+    // A dry run shows the decision and deletes nothing.
+    let (st, v) = s.post("/api/v1/vaults/prod/forget", json!({"keep_daily": 2, "dry_run": true}), Some(&to)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!((v["removed"].as_u64(), v["kept"].as_u64()), (Some(2), Some(3)), "{v}");
+    let (_, list) = s.get("/api/v1/vaults/prod/snapshots", Some(&to)).await;
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 5);
+
+    // A backup in progress holds the vault: prune (alone or after forget) waits for it.
+    let (_, open) = s.post("/api/v1/vaults/prod/backups", json!({}), Some(&to)).await;
+    assert!(open["backup_id"].is_string());
+    let (st, v) = s.post("/api/v1/vaults/prod/prune", json!({}), Some(&to)).await;
+    assert_eq!((st, code(&v)), (StatusCode::CONFLICT, "request.conflict"), "{v}");
+    let (st, v) = s.post("/api/v1/vaults/prod/forget", json!({"keep_daily": 2, "prune": true}), Some(&to)).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    let (_, list) = s.get("/api/v1/vaults/prod/snapshots", Some(&to)).await;
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 5, "a refused forget+prune forgets nothing");
+
+    // An abandoned session is closed after its idle time; then forget + prune run.
+    s.state.clock.advance(server::backups::SESSION_IDLE_SECONDS + 1);
+    let to = s.token(&mut owner, Some("owner")).await;
+    let (st, v) = s.post("/api/v1/vaults/prod/forget", json!({"keep_daily": 2, "prune": true}), Some(&to)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["removed"].as_u64(), Some(2), "{v}");
+    assert!(v["prune"]["blobs_used"].as_u64().unwrap() > 0, "{v}");
+    let (_, list) = s.get("/api/v1/vaults/prod/snapshots", Some(&to)).await;
+    let left = list["snapshots"].as_array().unwrap();
+    assert_eq!(left.len(), 3);
+    assert_eq!(left.iter().filter(|x| x["hostname"] == "web").count(), 2);
+    let (st, r) = s.post("/api/v1/vaults/prod/check", json!({"read_data": true}), Some(&to)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(r["errors"].as_array().unwrap().is_empty(), "{r}");
+    let kinds = s.audit_kinds().await;
+    assert!(kinds.iter().any(|k| k == "vault.forget") && kinds.iter().any(|k| k == "vault.prune"), "{kinds:?}");
 }
