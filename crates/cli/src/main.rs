@@ -55,6 +55,9 @@ enum Cmd {
         /// Print the result as JSON (no progress bar).
         #[arg(long)]
         json: bool,
+        /// Upload at most this many MiB per second.
+        #[arg(long, value_name = "MIB_PER_S", value_parser = positive_rate)]
+        limit_upload: Option<f64>,
     },
     /// Restore a snapshot (or some paths of it) once a Restore Operator approves with a passkey.
     ///
@@ -75,6 +78,9 @@ enum Cmd {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Download at most this many MiB per second.
+        #[arg(long, value_name = "MIB_PER_S", value_parser = positive_rate)]
+        limit_download: Option<f64>,
     },
     /// Open an approval URL (a restore or a device login) in the browser to approve it.
     Approve {
@@ -259,6 +265,13 @@ impl ServerArgs {
     }
 }
 
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err("a rate in MiB per second, greater than 0 (e.g. 50 or 2.5)".into()),
+    }
+}
+
 fn print_prune(r: &serde_json::Value, dry_run: bool) {
     let n = |k: &str| r[k].as_i64().unwrap_or(0);
     println!(
@@ -435,18 +448,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("New token-signing key {kid}; restart the server to sign with it (older keys still verify).");
             Ok(())
         }
-        Cmd::Backup { vault, paths, json } => {
+        Cmd::Backup { vault, paths, json, limit_upload } => {
             let (server, token) = (cli.server.clone(), cli.token.clone());
             tokio::task::spawn_blocking(move || {
-                let remote = client::remote(server.as_deref(), token.as_deref())?;
+                let mut remote = client::remote(server.as_deref(), token.as_deref())?;
+                remote.pace = limit_upload.map(remote::Pace::new);
                 remote::backup(&remote, &vault, &paths, json)
             })
             .await?
         }
-        Cmd::Restore { vault, snapshot, target, include, json } => {
+        Cmd::Restore { vault, snapshot, target, include, json, limit_download } => {
             let (server, token) = (cli.server.clone(), cli.token.clone());
             tokio::task::spawn_blocking(move || {
-                let remote = client::remote(server.as_deref(), token.as_deref())?;
+                let mut remote = client::remote(server.as_deref(), token.as_deref())?;
+                remote.pace = limit_download.map(remote::Pace::new);
                 remote::restore(&remote, &vault, &snapshot, &target, &include, json)
             })
             .await?

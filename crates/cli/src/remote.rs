@@ -17,6 +17,31 @@ const MISSING_PER_QUERY: usize = 500;
 /// Upload batches are sent once they reach this size.
 const BATCH: usize = 8 << 20;
 
+/// Paces transfers to a byte rate shared by all threads (`--limit-upload`/`--limit-download`).
+/// Written here because it is a few lines over `Instant`: rate-limiting crates count requests
+/// (or need an async runtime), not bytes from blocking threads.
+pub(crate) struct Pace {
+    bytes_per_sec: f64,
+    state: Mutex<(std::time::Instant, u64)>,
+}
+
+impl Pace {
+    pub(crate) fn new(mib_per_sec: f64) -> Pace {
+        Pace { bytes_per_sec: mib_per_sec * 1048576.0, state: Mutex::new((std::time::Instant::now(), 0)) }
+    }
+
+    /// Accounts `n` bytes and sleeps until the average rate is back under the limit.
+    pub(crate) fn take(&self, n: u64) {
+        let wait = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.1 += n;
+            let due = Duration::from_secs_f64(st.1 as f64 / self.bytes_per_sec);
+            due.saturating_sub(st.0.elapsed())
+        };
+        std::thread::sleep(wait);
+    }
+}
+
 /// Where HTTP calls go and how they authenticate.
 pub(crate) struct Remote {
     pub(crate) client: reqwest::blocking::Client,
@@ -24,6 +49,8 @@ pub(crate) struct Remote {
     token: RwLock<String>,
     /// Refreshes the access token (stored login); `None` for an explicit token.
     refresher: Option<Box<dyn Fn() -> anyhow::Result<String> + Send + Sync>>,
+    /// Bandwidth limit for chunk uploads or downloads.
+    pub(crate) pace: Option<Pace>,
 }
 
 impl Remote {
@@ -33,7 +60,7 @@ impl Remote {
         refresher: Option<Box<dyn Fn() -> anyhow::Result<String> + Send + Sync>>,
     ) -> anyhow::Result<Remote> {
         let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(300)).build()?;
-        Ok(Remote { client, base, token: RwLock::new(token), refresher })
+        Ok(Remote { client, base, token: RwLock::new(token), refresher, pace: None })
     }
 
     /// Sends a request built by `build`, refreshing the token once on a 401.
@@ -107,6 +134,9 @@ impl<'a> HttpSink<'a> {
         }
         let path = format!("/api/v1/backups/{}/chunks", self.backup_id);
         let len = batch.len() as u64;
+        if let Some(p) = &self.remote.pace {
+            p.take(len);
+        }
         let body = bytes::Bytes::from(batch);
         self.remote
             .send(&|c, b| {
@@ -253,7 +283,16 @@ pub(crate) fn backup(remote: &Remote, vault: &str, paths: &[PathBuf], json: bool
         let r = archiver.run(paths, parent_files.as_ref(), &sink).and_then(|o| sink.flush().map(|_| o));
         done.store(true, Ordering::Relaxed);
         r
-    })?;
+    });
+    let out = match out {
+        Ok(o) => o,
+        Err(e @ repo::Error::Backend { .. }) => {
+            return Err(anyhow::Error::new(e).context(
+                "backup interrupted: run the same command again to resume (what the server already stored is not sent again)",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let commit = remote.post_json(
         &format!("/api/v1/backups/{backup_id}/commit"),
         &serde_json::json!({"tree": out.tree.to_hex(), "paths": out.paths, "hostname": host,
@@ -351,6 +390,9 @@ impl repo::restore::ContentSource for HttpContent<'_> {
                 return Err(backend_err(anyhow::anyhow!("the server refused chunks ({})", resp.status())));
             }
             let body = resp.bytes().map_err(|e| backend_err(e.into()))?;
+            if let Some(p) = &self.remote.pace {
+                p.take(body.len() as u64);
+            }
             let mut at = 0usize;
             let mut got = 0usize;
             while at < body.len() {

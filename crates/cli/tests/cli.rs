@@ -66,8 +66,10 @@ fn first_start_prints_the_enrollment_link_alone_on_stdout_and_refuses_public_pla
 struct Server {
     child: std::process::Child,
     base: String,
+    port: u16,
     dir: tempfile::TempDir,
     first_link: String,
+    extra: Vec<String>,
 }
 
 impl Drop for Server {
@@ -78,20 +80,50 @@ impl Drop for Server {
 }
 
 fn start_server() -> Server {
+    start_server_with(&[])
+}
+
+fn server_command(dir: &std::path::Path, port: u16, base: &str, extra: &[String]) -> Command {
+    let mut c = strongroom();
+    c.args(["server", "--listen", &format!("127.0.0.1:{port}"), "--public-url", base])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    c
+}
+
+/// Starts a server on a fresh data directory with `extra` flags; waits for its first link.
+fn start_server_with(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let base = format!("http://localhost:{port}");
-    let mut child = strongroom()
-        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--public-url", &base])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let mut child = server_command(dir.path(), port, &base, &extra).spawn().unwrap();
     let mut first_link = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first_link).unwrap();
-    Server { child, base, dir, first_link: first_link.trim().to_string() }
+    Server { child, base, port, dir, first_link: first_link.trim().to_string(), extra }
+}
+
+impl Server {
+    /// Kills the server process outright (SIGKILL: no shutdown, no flushing).
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts it again on the same data directory and port; waits until it answers.
+    fn restart(&mut self) {
+        self.child = server_command(self.dir.path(), self.port, &self.base, &self.extra).spawn().unwrap();
+        for _ in 0..500 {
+            if reqwest::blocking::get(format!("{}/healthz", self.base)).is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("the restarted server did not answer");
+    }
 }
 
 /// The software passkey file of whoever enrolled from `link` (one per link).
@@ -317,4 +349,216 @@ fn restore_waits_for_another_persons_passkey_approval_then_restores_byte_identic
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(target.join("src/disk.img")).unwrap();
     assert!(m.blocks() * 512 < m.len() / 4, "holes were recreated");
+}
+
+fn count_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Opens a vault's repository straight from the server's data directory (engine + master key).
+fn open_vault(s: &Server, vault: &str) -> repo::Repository {
+    let data = s.dir.path().join("data");
+    let master = repo::crypto::MasterKey::load(&data.join("keys/master.key")).unwrap();
+    let backend = std::sync::Arc::new(repo::ObjectStoreBackend::local(&data.join("vaults").join(vault)).unwrap());
+    repo::Repository::open(backend, &master, repo::SharedRng::os()).unwrap()
+}
+
+fn assert_snapshot_restores(r: &repo::Repository, id: &str, original: &std::path::Path, scratch: &std::path::Path) {
+    let (_, snap) = r.find_snapshot(id).unwrap();
+    let _ = std::fs::remove_dir_all(scratch);
+    repo::restore::restore(r, &snap, scratch, &Default::default(), &Default::default()).unwrap();
+    testkit::assert_trees_equal(original, &scratch.join(original.file_name().unwrap()));
+}
+
+#[test]
+fn killing_the_server_mid_backup_loses_nothing_committed_and_the_next_backup_resumes() {
+    // An index checkpoint after every 16 MiB pack.
+    let mut s = start_server_with(&["--checkpoint-packs", "1"]);
+    let token = enroll_and_token(&s, &s.first_link);
+    assert!(client(&s, &token, &["vault", "create", "lab"]).status.success());
+    let small = s.dir.path().join("small");
+    testkit::make_tree(&small);
+    let first = json_of(&client(&s, &token, &["backup", "--vault", "lab", "--json", small.to_str().unwrap()]));
+    let big = s.dir.path().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    for i in 0..8u64 {
+        std::fs::write(big.join(format!("part{i}.bin")), testkit::random_bytes(100 + i, 8 << 20)).unwrap();
+    }
+    let total: u64 = 64 << 20;
+
+    // A slow upload (16 MiB/s), so the server dies in the middle of it.
+    let index_dir = s.dir.path().join("data/vaults/lab/index");
+    let before = count_files(&index_dir);
+    let backup = strongroom()
+        .env("XDG_CONFIG_HOME", s.dir.path())
+        .args(["--server", &s.base, "--token", &token])
+        .args(["backup", "--vault", "lab", "--json", "--limit-upload", "16"])
+        .arg(&big)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while count_files(&index_dir) < before + 2 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoints appeared");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    s.kill();
+    let out = backup.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the backup cannot have completed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("run the same command again to resume"), "{err}");
+
+    // After a restart: the committed snapshot is whole, and the next backup sends only the rest.
+    s.restart();
+    let out = client(&s, &token, &["check", "--vault", "lab", "--read-data"]);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let again = json_of(&client(&s, &token, &["backup", "--vault", "lab", "--json", big.to_str().unwrap()]));
+    let uploaded = again["uploaded_bytes"].as_u64().unwrap();
+    assert!(uploaded + (30 << 20) < total, "the resumed backup uploaded {uploaded} of {total} bytes");
+    let r = open_vault(&s, "lab");
+    assert_snapshot_restores(&r, first["snapshot_id"].as_str().unwrap(), &small, &s.dir.path().join("r1"));
+    assert_snapshot_restores(&r, again["snapshot_id"].as_str().unwrap(), &big, &s.dir.path().join("r2"));
+    assert!(repo::check::check(&r, true).unwrap().ok());
+}
+
+#[test]
+fn concurrent_backups_to_one_vault_both_commit_and_restore() {
+    let s = start_server();
+    let token = enroll_and_token(&s, &s.first_link);
+    assert!(client(&s, &token, &["vault", "create", "lab"]).status.success());
+    // Two trees sharing most of their data, backed up at the same time.
+    let (a, b) = (s.dir.path().join("a"), s.dir.path().join("b"));
+    for (dir, own) in [(&a, 1u64), (&b, 2u64)] {
+        testkit::make_tree(dir);
+        std::fs::write(dir.join("shared.bin"), testkit::random_bytes(9, 24 << 20)).unwrap();
+        std::fs::write(dir.join("own.bin"), testkit::random_bytes(own, 4 << 20)).unwrap();
+    }
+    let spawn = |dir: &std::path::Path| {
+        strongroom()
+            .env("XDG_CONFIG_HOME", s.dir.path())
+            .args(["--server", &s.base, "--token", &token, "backup", "--vault", "lab", "--json"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (ca, cb) = (spawn(&a), spawn(&b));
+    let (ra, rb) = (json_of(&ca.wait_with_output().unwrap()), json_of(&cb.wait_with_output().unwrap()));
+    assert_ne!(ra["snapshot_id"], rb["snapshot_id"]);
+    let out = client(&s, &token, &["check", "--vault", "lab", "--read-data"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let r = open_vault(&s, "lab");
+    assert_snapshot_restores(&r, ra["snapshot_id"].as_str().unwrap(), &a, &s.dir.path().join("ra"));
+    assert_snapshot_restores(&r, rb["snapshot_id"].as_str().unwrap(), &b, &s.dir.path().join("rb"));
+    // Racing uploads of the shared data may store it twice; prune folds it back.
+    assert!(client(&s, &token, &["prune", "--vault", "lab"]).status.success());
+    let out = client(&s, &token, &["check", "--vault", "lab", "--read-data"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Runs the CLI with the stored login under `home` (no explicit token: it refreshes itself).
+fn client_as(s: &Server, home: &std::path::Path, args: &[&str]) -> std::process::Output {
+    strongroom().env("XDG_CONFIG_HOME", home).args(["--server", &s.base]).args(args).output().unwrap()
+}
+
+fn softkey(key: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_strongroom")).with_file_name("strongroom-softkey");
+    let out = Command::new(bin).arg("--key").arg(key).args(args).output().unwrap();
+    assert!(out.status.success(), "softkey {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// `strongroom login` (device grant) under `home`, approved by the software key at `key`.
+fn device_login(s: &Server, home: &std::path::Path, key: &std::path::Path, username: &str) {
+    let mut login = strongroom()
+        .env("XDG_CONFIG_HOME", home)
+        .args(["--server", &s.base, "login"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(login.stdout.take().unwrap()));
+    let url = loop {
+        let line = lines.next().expect("login printed no device URL").unwrap();
+        if let Some(at) = line.find("http") {
+            if line.contains("/device?user_code=") {
+                break line[at..].trim().to_string();
+            }
+        }
+    };
+    softkey(key, &["approve", &url, "--username", username]);
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(login.wait().unwrap().success(), "{rest:?}");
+}
+
+#[test]
+fn an_approved_restore_outlives_two_second_access_tokens() {
+    let s = start_server_with(&["--access-token-seconds", "2"]);
+    let owner_key = s.dir.path().join("owner.key");
+    softkey(&owner_key, &["enroll", &s.first_link]);
+    let owner_home = s.dir.path().join("owner-home");
+    device_login(&s, &owner_home, &owner_key, "owner");
+    let run = |args: &[&str]| {
+        let out = client_as(&s, &owner_home, args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    run(&["vault", "create", "prod", "--kind", "production"]);
+    let out = strongroom()
+        .args(["admin", "enroll-link", "--user", "alice", "--role", "reader"])
+        .arg("--data-dir")
+        .arg(s.dir.path().join("data"))
+        .output()
+        .unwrap();
+    let alice_key = s.dir.path().join("alice.key");
+    softkey(&alice_key, &["enroll", String::from_utf8(out.stdout).unwrap().trim()]);
+    run(&["role", "assign", "--user", "alice", "--role", "restore-operator", "--vault", "prod"]);
+    let src = s.dir.path().join("src");
+    testkit::make_tree(&src);
+    std::fs::write(src.join("big.bin"), testkit::random_bytes(77, 6 << 20)).unwrap();
+    run(&["backup", "--vault", "prod", src.to_str().unwrap()]);
+
+    // Every access token the CLI holds is dead by now; it refreshes while it waits.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let target = s.dir.path().join("restored");
+    let mut restore = strongroom()
+        .env("XDG_CONFIG_HOME", &owner_home)
+        .args(["--server", &s.base, "restore", "--vault", "prod", "latest", "--json", "--limit-download", "1"])
+        .arg("--target")
+        .arg(&target)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(restore.stdout.take().unwrap());
+    let mut url = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut url).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    softkey(&alice_key, &["approve", url.trim(), "--username", "alice"]);
+    let approved = std::time::Instant::now();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = restore.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut restore.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    let took = approved.elapsed();
+    // At 1 MiB/s the 6 MiB restore runs for several token lifetimes, on its grant alone.
+    assert!(took > std::time::Duration::from_secs(4), "the restore took only {took:?}");
+    let summary: serde_json::Value = serde_json::from_str(&rest).unwrap();
+    assert!(summary["bytes"].as_u64().unwrap() >= 6 << 20, "{summary}");
+    testkit::assert_trees_equal(&src, &target.join("src"));
 }

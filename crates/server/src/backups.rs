@@ -352,7 +352,7 @@ pub(crate) async fn commit(
         }
     };
     let vault = session.vault.clone();
-    let now = time::OffsetDateTime::from_unix_timestamp(state.clock.now()).map_err(internal)?;
+    let now = state.clock.now_precise();
     let hostname: String = body.hostname.chars().take(255).collect();
     let paths = body.paths.clone();
     let started = session.started;

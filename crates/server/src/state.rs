@@ -38,6 +38,10 @@ impl Clock {
     pub fn now(&self) -> i64 {
         time::OffsetDateTime::now_utc().unix_timestamp() + self.0.load(Ordering::Relaxed)
     }
+    /// Now, to the nanosecond (snapshot times: two commits in one second keep their order).
+    pub fn now_precise(&self) -> time::OffsetDateTime {
+        time::OffsetDateTime::now_utc() + time::Duration::seconds(self.0.load(Ordering::Relaxed))
+    }
     /// Moves this clock forward (tests only use it).
     pub fn advance(&self, seconds: i64) {
         self.0.fetch_add(seconds, Ordering::Relaxed);
