@@ -1,6 +1,7 @@
 //! `strongroom-bench`: times the storage engine, and its peers (restic, borg, rustic) on the
 //! same data in the same run, and writes the figures as JSON.
 
+mod e2e;
 mod engine;
 mod identity_bench;
 mod peers;
@@ -40,6 +41,12 @@ enum Cmd {
     },
     /// The engine steps and the same steps with restic, borg (and rustic if installed), with ratios.
     Compare(peers::CompareArgs),
+    /// The whole product over loopback HTTP (server + CLI, approved restore) against restic.
+    ///
+    /// Needs the release binaries next to this one:
+    ///   cargo build --release -p cli -p testkit -p bench
+    ///   target/release/strongroom-bench e2e --data /tmp/strongroom-bench/data --out bench-results/e2e.json
+    E2e(e2e::E2eArgs),
     /// Passkey assertions and access tokens verified per second, on one core.
     Identity {
         /// Where to write the JSON results.
@@ -56,6 +63,7 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
+        Cmd::E2e(args) => e2e::run(&args)?,
         Cmd::Engine(args) => {
             let result = engine::run(&args)?;
             sys::write_json(&args.out, &result)?;

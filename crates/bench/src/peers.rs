@@ -35,16 +35,17 @@ pub(crate) struct CompareArgs {
     pub(crate) compression: i32,
 }
 
+/// One peer's figures for one round of ../shared/bench/peers.sh.
 #[derive(Serialize, Debug, Clone)]
-struct PeerRun {
-    tool: String,
-    run: u32,
-    backup1_s: f64,
-    backup2_s: f64,
-    restore_s: f64,
-    repo_bytes: u64,
-    restore_identical: bool,
-    backup1_peak_rss_bytes: u64,
+pub(crate) struct PeerRun {
+    pub(crate) tool: String,
+    pub(crate) run: u32,
+    pub(crate) backup1_s: f64,
+    pub(crate) backup2_s: f64,
+    pub(crate) restore_s: f64,
+    pub(crate) repo_bytes: u64,
+    pub(crate) restore_identical: bool,
+    pub(crate) backup1_peak_rss_bytes: u64,
 }
 
 #[derive(Serialize, Debug)]
@@ -76,7 +77,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn installed(tool: &str) -> bool {
+pub(crate) fn installed(tool: &str) -> bool {
     std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {tool}"))
@@ -85,13 +86,20 @@ fn installed(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn run_peer(script: &PathBuf, tool: &str, run: u32, a: &CompareArgs) -> anyhow::Result<PeerRun> {
+/// Runs one round of `tool` through peers.sh on `data`, with scratch space under `work`.
+pub(crate) fn run_peer(
+    script: &std::path::Path,
+    tool: &str,
+    run: u32,
+    data: &std::path::Path,
+    work: &std::path::Path,
+) -> anyhow::Result<PeerRun> {
     let out = std::process::Command::new("bash")
         .arg(script)
         .arg(tool)
         .arg(run.to_string())
-        .env("BENCH_DATA", &a.data)
-        .env("BENCH_WORK", &a.work)
+        .env("BENCH_DATA", data)
+        .env("BENCH_WORK", work)
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -106,7 +114,7 @@ fn run_peer(script: &PathBuf, tool: &str, run: u32, a: &CompareArgs) -> anyhow::
     };
     let secs = |key: &str| field(key).and_then(|v| v.trim_end_matches('s').parse::<f64>().ok()).unwrap_or(f64::NAN);
     let repo_bytes = field("repo").and_then(|v| v.trim_end_matches('B').parse().ok()).unwrap_or(0);
-    let rss_kb = std::fs::read_to_string(a.work.join(format!("logs/{tool}-{run}/backup1.time")))
+    let rss_kb = std::fs::read_to_string(work.join(format!("logs/{tool}-{run}/backup1.time")))
         .ok()
         .and_then(|s| s.split_whitespace().nth(3).and_then(|v| v.parse::<u64>().ok()))
         .unwrap_or(0);
@@ -161,7 +169,7 @@ pub(crate) fn compare(a: &CompareArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&args.repo);
         engine_runs.push(r);
         for p in &peers {
-            peer_runs.push(run_peer(&script, p, run, a)?);
+            peer_runs.push(run_peer(&script, p, run, &a.data, &a.work)?);
         }
     }
     let e = PeerRun {
@@ -177,17 +185,7 @@ pub(crate) fn compare(a: &CompareArgs) -> anyhow::Result<()> {
     let mut medians = vec![e.clone()];
     let mut ratios = Vec::new();
     for p in &peers {
-        let runs: Vec<&PeerRun> = peer_runs.iter().filter(|r| &r.tool == p).collect();
-        let m = PeerRun {
-            tool: p.clone(),
-            run: 0,
-            backup1_s: median(runs.iter().map(|r| r.backup1_s).collect()),
-            backup2_s: median(runs.iter().map(|r| r.backup2_s).collect()),
-            restore_s: median(runs.iter().map(|r| r.restore_s).collect()),
-            repo_bytes: median(runs.iter().map(|r| r.repo_bytes as f64).collect()) as u64,
-            restore_identical: runs.iter().all(|r| r.restore_identical),
-            backup1_peak_rss_bytes: median(runs.iter().map(|r| r.backup1_peak_rss_bytes as f64).collect()) as u64,
-        };
+        let m = median_of(p, &peer_runs);
         ratios.push(Ratio {
             peer: p.clone(),
             backup1_speedup: m.backup1_s / e.backup1_s,
@@ -219,7 +217,31 @@ pub(crate) fn compare(a: &CompareArgs) -> anyhow::Result<()> {
             r.peer, r.backup1_speedup, r.backup2_speedup, r.restore_speedup, r.repo_size_ratio
         );
     }
-    let machine = format!(
+    let machine = machine();
+    let data_bytes = engine_runs.first().map(|r| r.data_bytes).unwrap_or(0);
+    sys::write_json(&a.out, &CompareResult { machine, data_bytes, engine_runs, peer_runs, medians, ratios })?;
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+/// The median of each figure over `tool`'s rounds.
+pub(crate) fn median_of(tool: &str, all: &[PeerRun]) -> PeerRun {
+    let runs: Vec<&PeerRun> = all.iter().filter(|r| r.tool == tool).collect();
+    PeerRun {
+        tool: tool.to_string(),
+        run: 0,
+        backup1_s: median(runs.iter().map(|r| r.backup1_s).collect()),
+        backup2_s: median(runs.iter().map(|r| r.backup2_s).collect()),
+        restore_s: median(runs.iter().map(|r| r.restore_s).collect()),
+        repo_bytes: median(runs.iter().map(|r| r.repo_bytes as f64).collect()) as u64,
+        restore_identical: runs.iter().all(|r| r.restore_identical),
+        backup1_peak_rss_bytes: median(runs.iter().map(|r| r.backup1_peak_rss_bytes as f64).collect()) as u64,
+    }
+}
+
+/// Cores and CPU model, for the results file.
+pub(crate) fn machine() -> String {
+    format!(
         "{} cores, {}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         std::fs::read_to_string("/proc/cpuinfo")
@@ -231,9 +253,5 @@ pub(crate) fn compare(a: &CompareArgs) -> anyhow::Result<()> {
                 .trim()
                 .to_string()))
             .unwrap_or_default()
-    );
-    let data_bytes = engine_runs.first().map(|r| r.data_bytes).unwrap_or(0);
-    sys::write_json(&a.out, &CompareResult { machine, data_bytes, engine_runs, peer_runs, medians, ratios })?;
-    println!("wrote {}", a.out.display());
-    Ok(())
+    )
 }

@@ -11,8 +11,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use repo::{ChunkSink, Id, PreparedChunk};
 
-/// Ids per `missing` query (about 35 KB of JSON).
-const MISSING_PER_QUERY: usize = 500;
+/// Ids per `missing` query: 67 bytes of JSON each, under the server's 64 KiB body limit.
+const MISSING_PER_QUERY: usize = 900;
+
+/// Listings per request when reading a parent snapshot (the server's limit).
+const TREES_PER_QUERY: usize = 900;
 
 /// Upload batches are sent once they reach this size.
 const BATCH: usize = 8 << 20;
@@ -104,14 +107,22 @@ impl Remote {
     }
 }
 
-/// A `ChunkSink` that talks to a backup session on the server.
+/// A `ChunkSink` that talks to a backup session on the server. Full batches go to uploader
+/// threads through a short queue, so reading, chunking and compressing go on while the server
+/// verifies and stores the previous batches.
 pub(crate) struct HttpSink<'a> {
     remote: &'a Remote,
     backup_id: String,
     buf: Mutex<Vec<u8>>,
     pub(crate) uploaded: AtomicU64,
-    failed: AtomicBool,
+    queue: Mutex<Option<std::sync::mpsc::SyncSender<Vec<u8>>>>,
+    batches: Mutex<std::sync::mpsc::Receiver<Vec<u8>>>,
+    /// The first upload failure; later puts fail with it.
+    failure: Mutex<Option<String>>,
 }
+
+/// Upload threads (and batches queued for them).
+pub(crate) const UPLOADERS: usize = 2;
 
 fn backend_err(e: anyhow::Error) -> repo::Error {
     repo::Error::Backend { object: "server".into(), message: format!("{e:#}") }
@@ -119,16 +130,41 @@ fn backend_err(e: anyhow::Error) -> repo::Error {
 
 impl<'a> HttpSink<'a> {
     pub(crate) fn new(remote: &'a Remote, backup_id: String) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(UPLOADERS);
         HttpSink {
             remote,
             backup_id,
             buf: Mutex::new(Vec::with_capacity(BATCH + (1 << 20))),
             uploaded: AtomicU64::new(0),
-            failed: AtomicBool::new(false),
+            queue: Mutex::new(Some(tx)),
+            batches: Mutex::new(rx),
+            failure: Mutex::new(None),
         }
     }
 
-    fn upload(&self, batch: Vec<u8>) -> repo::Result<()> {
+    fn failed(&self) -> repo::Result<()> {
+        match &*self.failure.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(m) => Err(repo::Error::Backend { object: "server".into(), message: m.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// An uploader thread: sends queued batches until the queue closes. After a failure the
+    /// rest are dropped (the backup fails; what the server stored stays for the next run).
+    pub(crate) fn upload_loop(&self) {
+        loop {
+            let next = self.batches.lock().unwrap_or_else(|p| p.into_inner()).recv();
+            let Ok(batch) = next else { return };
+            if self.failed().is_err() {
+                continue;
+            }
+            if let Err(e) = self.upload(batch) {
+                self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+
+    fn upload(&self, batch: Vec<u8>) -> anyhow::Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -138,46 +174,59 @@ impl<'a> HttpSink<'a> {
             p.take(len);
         }
         let body = bytes::Bytes::from(batch);
-        self.remote
-            .send(&|c, b| {
-                c.post(format!("{b}{path}")).header("content-type", "application/octet-stream").body(body.clone())
-            })
-            .map_err(|e| {
-                self.failed.store(true, Ordering::Relaxed);
-                backend_err(e)
-            })?;
+        self.remote.send(&|c, b| {
+            c.post(format!("{b}{path}")).header("content-type", "application/octet-stream").body(body.clone())
+        })?;
         self.uploaded.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Sends what is still buffered.
-    pub(crate) fn flush(&self) -> repo::Result<()> {
+    fn enqueue(&self, batch: Vec<u8>) -> repo::Result<()> {
+        self.failed()?;
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match queue {
+            Some(q) => q.send(batch).map_err(|_| backend_err(anyhow::anyhow!("the uploaders stopped"))),
+            None => Err(backend_err(anyhow::anyhow!("the backup's uploads are already finished"))),
+        }
+    }
+
+    /// Queues what is still buffered and closes the queue; the uploader threads then finish.
+    pub(crate) fn close(&self) -> repo::Result<()> {
         let batch = std::mem::take(&mut *self.buf.lock().unwrap_or_else(|p| p.into_inner()));
-        self.upload(batch)
+        let sent = if batch.is_empty() { Ok(()) } else { self.enqueue(batch) };
+        drop(self.queue.lock().unwrap_or_else(|p| p.into_inner()).take());
+        sent
     }
 }
 
 impl ChunkSink for HttpSink<'_> {
     fn missing(&self, ids: &[Id]) -> repo::Result<Vec<bool>> {
-        // Queries stay under the server's 64 KiB limit for JSON bodies.
-        let mut out = Vec::with_capacity(ids.len());
-        for part in ids.chunks(MISSING_PER_QUERY) {
-            let hex: Vec<String> = part.iter().map(Id::to_hex).collect();
-            let v = self
-                .remote
-                .post_json(&format!("/api/v1/backups/{}/missing", self.backup_id), &serde_json::json!({ "ids": hex }))
-                .map_err(backend_err)?;
-            let list: Vec<bool> = serde_json::from_value(v["missing"].clone()).map_err(|e| backend_err(e.into()))?;
-            if list.len() != part.len() {
-                return Err(backend_err(anyhow::anyhow!(
-                    "the server answered for {} ids, asked {}",
-                    list.len(),
-                    part.len()
-                )));
-            }
-            out.extend(list);
-        }
-        Ok(out)
+        use rayon::prelude::*;
+        // Queries stay under the server's 64 KiB limit for JSON bodies; several run at once.
+        let parts: Vec<Vec<bool>> = ids
+            .par_chunks(MISSING_PER_QUERY)
+            .map(|part| -> repo::Result<Vec<bool>> {
+                let hex: Vec<String> = part.iter().map(Id::to_hex).collect();
+                let v = self
+                    .remote
+                    .post_json(
+                        &format!("/api/v1/backups/{}/missing", self.backup_id),
+                        &serde_json::json!({ "ids": hex }),
+                    )
+                    .map_err(backend_err)?;
+                let list: Vec<bool> =
+                    serde_json::from_value(v["missing"].clone()).map_err(|e| backend_err(e.into()))?;
+                if list.len() != part.len() {
+                    return Err(backend_err(anyhow::anyhow!(
+                        "the server answered for {} ids, asked {}",
+                        list.len(),
+                        part.len()
+                    )));
+                }
+                Ok(list)
+            })
+            .collect::<repo::Result<_>>()?;
+        Ok(parts.into_iter().flatten().collect())
     }
 
     fn put(&self, chunk: PreparedChunk) -> repo::Result<()> {
@@ -198,10 +247,10 @@ impl ChunkSink for HttpSink<'_> {
                 None
             }
         };
-        // Upload outside the lock so other threads keep filling the next batch.
+        // Queued outside the lock so other threads keep filling the next batch.
         match full {
-            Some(batch) => self.upload(batch),
-            None => Ok(()),
+            Some(batch) => self.enqueue(batch),
+            None => self.failed(),
         }
     }
 }
@@ -219,6 +268,31 @@ impl repo::backup::TreeSource for HttpTrees<'_> {
             .get_json(&format!("/api/v1/vaults/{}/trees/{}", self.vault, id.to_hex()))
             .map_err(backend_err)?;
         serde_json::from_value(v).map_err(|e| backend_err(e.into()))
+    }
+
+    fn trees(&self, ids: &[Id]) -> repo::Result<Vec<repo::model::Tree>> {
+        use rayon::prelude::*;
+        // A few requests in flight at once: the server decrypts while the next answer travels.
+        let parts: Vec<Vec<repo::model::Tree>> = ids
+            .par_chunks(TREES_PER_QUERY)
+            .map(|part| -> repo::Result<Vec<repo::model::Tree>> {
+                let hex: Vec<String> = part.iter().map(Id::to_hex).collect();
+                #[derive(serde::Deserialize)]
+                struct Answer {
+                    trees: Vec<repo::model::Tree>,
+                }
+                let path = format!("/api/v1/vaults/{}/trees", self.vault);
+                let body = serde_json::json!({ "ids": hex });
+                let resp = self.remote.send(&|c, b| c.post(format!("{b}{path}")).json(&body)).map_err(backend_err)?;
+                let bytes = resp.bytes().map_err(|e| backend_err(e.into()))?;
+                let list = serde_json::from_slice::<Answer>(&bytes).map_err(|e| backend_err(e.into()))?.trees;
+                if list.len() != part.len() {
+                    return Err(backend_err(anyhow::anyhow!("asked for {} listings, got {}", part.len(), list.len())));
+                }
+                Ok(list)
+            })
+            .collect::<repo::Result<_>>()?;
+        Ok(parts.into_iter().flatten().collect())
     }
 }
 
@@ -280,9 +354,15 @@ pub(crate) fn backup(remote: &Remote, vault: &str, paths: &[PathBuf], json: bool
         if show {
             s.spawn(|| draw_progress(&progress, &sink, &done));
         }
-        let r = archiver.run(paths, parent_files.as_ref(), &sink).and_then(|o| sink.flush().map(|_| o));
+        let uploaders: Vec<_> = (0..UPLOADERS).map(|_| s.spawn(|| sink.upload_loop())).collect();
+        let r = archiver.run(paths, parent_files.as_ref(), &sink);
+        let closed = sink.close();
+        for u in uploaders {
+            let _ = u.join();
+        }
         done.store(true, Ordering::Relaxed);
-        r
+        // Every batch is on the server (or the first failure is known) once the uploaders end.
+        r.and_then(|o| closed.and_then(|_| sink.failed()).map(|_| o))
     });
     let out = match out {
         Ok(o) => o,

@@ -25,6 +25,10 @@ use crate::writer::{ChunkSink, PreparedChunk};
 pub trait TreeSource {
     /// The listing with this id.
     fn tree(&self, id: &Id) -> Result<Tree>;
+    /// The listings with these ids, in order (over HTTP: few requests for many listings).
+    fn trees(&self, ids: &[Id]) -> Result<Vec<Tree>> {
+        ids.iter().map(|id| self.tree(id)).collect()
+    }
 }
 
 impl TreeSource for crate::repository::Repository {
@@ -86,26 +90,36 @@ impl ParentFiles {
     /// Loads every listing of the snapshot whose root listing is `root`.
     pub fn load(source: &dyn TreeSource, root: &Id) -> Result<ParentFiles> {
         let mut files = HashMap::new();
-        let mut stack = vec![(Vec::new(), *root)];
-        while let Some((prefix, id)) = stack.pop() {
-            for node in source.tree(&id)?.nodes {
-                let mut path = prefix.clone();
-                if !path.is_empty() {
-                    path.push(b'/');
-                }
-                path.extend_from_slice(&node.name.0);
-                match node.kind {
-                    NodeKind::Dir => {
-                        if let Some(sub) = node.subtree {
-                            stack.push((path, sub));
+        // Level by level, so each level's listings are fetched together.
+        let mut level = vec![(Vec::new(), *root)];
+        while !level.is_empty() {
+            let ids: Vec<Id> = level.iter().map(|(_, id)| *id).collect();
+            let trees = source.trees(&ids)?;
+            if trees.len() != ids.len() {
+                return Err(Error::Invalid(format!("asked for {} listings, got {}", ids.len(), trees.len())));
+            }
+            let mut next = Vec::new();
+            for ((prefix, _), tree) in level.into_iter().zip(trees) {
+                for node in tree.nodes {
+                    let mut path = prefix.clone();
+                    if !path.is_empty() {
+                        path.push(b'/');
+                    }
+                    path.extend_from_slice(&node.name.0);
+                    match node.kind {
+                        NodeKind::Dir => {
+                            if let Some(sub) = node.subtree {
+                                next.push((path, sub));
+                            }
                         }
+                        NodeKind::File => {
+                            files.insert(path, node);
+                        }
+                        _ => {}
                     }
-                    NodeKind::File => {
-                        files.insert(path, node);
-                    }
-                    _ => {}
                 }
             }
+            level = next;
         }
         Ok(ParentFiles { files })
     }
@@ -248,8 +262,22 @@ impl<'a> Archiver<'a> {
             }
         }
 
-        let results: Vec<(usize, FileRead)> =
-            jobs.par_iter().map(|&i| self.read_file(&entries[i], sink).map(|r| (i, r))).collect::<Result<_>>()?;
+        // Small files (one chunk each) go in groups: one `missing` query per group rather than
+        // per file, which over HTTP is the difference between one round trip per file and one
+        // per few hundred.
+        let min = u64::from(self.opts.chunker.min);
+        let (small, large): (Vec<usize>, Vec<usize>) =
+            jobs.into_iter().partition(|&i| !entries[i].fixed && entries[i].node.size < min);
+        let mut results: Vec<(usize, FileRead)> = small
+            .par_chunks(SMALL_GROUP)
+            .map(|g| self.read_small_files(&entries, g, sink))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let large: Vec<(usize, FileRead)> =
+            large.par_iter().map(|&i| self.read_file(&entries[i], sink).map(|r| (i, r))).collect::<Result<_>>()?;
+        results.extend(large);
         let mut files_read = 0;
         let mut bytes_read = 0;
         for (i, r) in results {
@@ -265,6 +293,8 @@ impl<'a> Archiver<'a> {
         }
 
         // Listings bottom-up: children always have larger positions than their directory.
+        // Ids are computed here; the listings are then stored with batched `missing` queries.
+        let mut listings: Vec<(Id, Vec<u8>)> = Vec::new();
         for i in (0..entries.len()).rev() {
             if entries[i].node.kind != NodeKind::Dir || entries[i].skipped {
                 continue;
@@ -275,14 +305,15 @@ impl<'a> Archiver<'a> {
                 .filter(|&&c| !entries[c].skipped)
                 .map(|&c| entries[c].node.clone())
                 .collect();
-            entries[i].node.subtree = Some(self.store_tree(Tree { nodes }, sink)?);
+            entries[i].node.subtree = Some(self.listing(&Tree { nodes }, &mut listings)?);
         }
         let root_nodes: Vec<Node> =
             roots.iter().filter(|&&r| !entries[r].skipped).map(|&r| entries[r].node.clone()).collect();
         if root_nodes.is_empty() {
             return Err(Error::Invalid("nothing could be read from the given paths".into()));
         }
-        let tree = self.store_tree(Tree { nodes: root_nodes }, sink)?;
+        let tree = self.listing(&Tree { nodes: root_nodes }, &mut listings)?;
+        self.store_listings(listings, sink)?;
 
         let live = entries.iter().filter(|e| !e.skipped);
         let warnings = std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|p| p.into_inner()));
@@ -501,18 +532,122 @@ impl<'a> Archiver<'a> {
         }
     }
 
-    fn store_tree(&self, tree: Tree, sink: &dyn ChunkSink) -> Result<Id> {
-        let json = serde_json::to_vec(&tree).map_err(|e| Error::Invalid(e.to_string()))?;
+    /// Serialises a listing and computes its id; the bytes wait in `out` for `store_listings`.
+    fn listing(&self, tree: &Tree, out: &mut Vec<(Id, Vec<u8>)>) -> Result<Id> {
+        let json = serde_json::to_vec(tree).map_err(|e| Error::Invalid(e.to_string()))?;
         let id = self.hasher.id(&json);
-        if sink.missing(&[id])?.first().copied().unwrap_or(true) {
+        out.push((id, json));
+        Ok(id)
+    }
+
+    /// Stores the listings the sink lacks (equal listings once).
+    fn store_listings(&self, mut listings: Vec<(Id, Vec<u8>)>, sink: &dyn ChunkSink) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        listings.retain(|(id, _)| seen.insert(*id));
+        let ids: Vec<Id> = listings.iter().map(|(id, _)| *id).collect();
+        let missing = sink.missing(&ids)?;
+        let level = self.opts.compression_level;
+        listings.into_par_iter().zip(missing).filter(|(_, m)| *m).try_for_each(|((id, json), _)| {
             let raw_len = json.len() as u32;
-            let chunk = match chunker::compress(&json, self.opts.compression_level) {
+            let chunk = match chunker::compress(&json, level) {
                 Some(z) => PreparedChunk { id, kind: BlobKind::Tree, raw_len, compressed: true, data: z },
                 None => PreparedChunk { id, kind: BlobKind::Tree, raw_len, compressed: false, data: json },
             };
-            sink.put(chunk)?;
+            sink.put(chunk)
+        })
+    }
+
+    /// Reads a group of small files (each one chunk), asks once which of their chunks are
+    /// missing, and sends those. A file that grew past the largest chunk since the walk is
+    /// read again the ordinary way.
+    fn read_small_files(
+        &self,
+        entries: &[Entry],
+        group: &[usize],
+        sink: &dyn ChunkSink,
+    ) -> Result<Vec<(usize, FileRead)>> {
+        enum Small {
+            Done(FileRead),
+            Chunk(Id, Vec<u8>),
+            Large,
         }
-        Ok(id)
+        let max = self.opts.chunker.max as usize;
+        let read: Vec<(usize, Small)> = group
+            .par_iter()
+            .map(|&i| {
+                let e = &entries[i];
+                let opened = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                    .open(&e.abs);
+                let mut buf = Vec::with_capacity(e.node.size as usize + 1);
+                let got = opened
+                    .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, max as u64 + 1), &mut buf));
+                if let Err(err) = got {
+                    self.warn(format!("{}: {err} (skipped)", e.abs.display()));
+                    return (i, Small::Done(None));
+                }
+                if buf.len() > max {
+                    return (i, Small::Large);
+                }
+                self.account_read(e, buf.len() as u64);
+                if buf.is_empty() {
+                    return (i, Small::Done(Some((Vec::new(), 0))));
+                }
+                (i, Small::Chunk(self.hasher.id(&buf), buf))
+            })
+            .collect();
+        // One query for the group; equal files are sent once.
+        let mut first: HashMap<Id, usize> = HashMap::new();
+        let mut ids = Vec::new();
+        for (n, (_, r)) in read.iter().enumerate() {
+            if let Small::Chunk(id, _) = r {
+                if let std::collections::hash_map::Entry::Vacant(v) = first.entry(*id) {
+                    v.insert(n);
+                    ids.push(*id);
+                }
+            }
+        }
+        let missing: std::collections::HashSet<Id> =
+            ids.iter().zip(sink.missing(&ids)?).filter(|(_, m)| *m).map(|(id, _)| *id).collect();
+        let level = self.opts.compression_level;
+        read.par_iter().enumerate().try_for_each(|(n, (_, r))| -> Result<()> {
+            let Small::Chunk(id, data) = r else { return Ok(()) };
+            if !missing.contains(id) || first.get(id) != Some(&n) {
+                return Ok(());
+            }
+            let raw_len = data.len() as u32;
+            let chunk = match chunker::compress(data, level) {
+                Some(z) => PreparedChunk { id: *id, kind: BlobKind::Data, raw_len, compressed: true, data: z },
+                None => PreparedChunk { id: *id, kind: BlobKind::Data, raw_len, compressed: false, data: data.clone() },
+            };
+            self.progress.chunks_new.fetch_add(1, Ordering::Relaxed);
+            self.progress.bytes_new.fetch_add(u64::from(raw_len), Ordering::Relaxed);
+            self.progress.bytes_stored.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
+            sink.put(chunk)
+        })?;
+        let mut out = Vec::with_capacity(read.len());
+        for (i, r) in read {
+            match r {
+                Small::Done(d) => out.push((i, d)),
+                Small::Chunk(id, data) => {
+                    let len = data.len() as u32;
+                    out.push((i, Some((vec![Content::Chunk { id, len }], u64::from(len)))));
+                }
+                Small::Large => out.push((i, self.read_file(&entries[i], sink)?)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Progress for a file read whole: `got` bytes, where the walk saw `e.node.size`.
+    fn account_read(&self, e: &Entry, got: u64) {
+        let counted = e.node.size;
+        self.progress.bytes_done.fetch_add(counted.max(got), Ordering::Relaxed);
+        if got > counted {
+            self.progress.bytes_total.fetch_add(got - counted, Ordering::Relaxed);
+        }
+        self.progress.files_done.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -521,6 +656,9 @@ type FileRead = Option<(Vec<Content>, u64)>;
 
 /// Chunks are hashed and compressed in parallel batches of about this many bytes.
 const BATCH_BYTES: usize = 16 << 20;
+
+/// Small files per `missing` query.
+const SMALL_GROUP: usize = 512;
 
 /// Convenience for a whole local backup: client half and server half in one process.
 pub fn backup_local(

@@ -421,6 +421,47 @@ pub(crate) async fn tree(
     Ok(Json(tree))
 }
 
+/// Listings per `POST /api/v1/vaults/{vault}/trees` (the ids fit the 64 KiB body limit).
+pub const MAX_TREES: usize = 900;
+
+#[derive(Deserialize)]
+pub(crate) struct TreeIds {
+    ids: Vec<String>,
+}
+
+/// `POST /api/v1/vaults/{vault}/trees` `{"ids"}` → `{"trees": [...]}`: many listings at once
+/// (an incremental backup reads its parent's listings level by level).
+pub(crate) async fn trees(
+    State(state): St,
+    p: Principal,
+    Path(vault): Path<String>,
+    Json(body): Json<TreeIds>,
+) -> ApiResult<Json<TreesAnswer>> {
+    let policy = vault_policy(&state, &vault).await?;
+    authorize(&state, &p, Operation::Backup, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    if body.ids.len() > MAX_TREES {
+        return Err(ApiError::BadRequest(format!("at most {MAX_TREES} listings per request")));
+    }
+    let ids = body
+        .ids
+        .iter()
+        .map(|h| Id::from_hex(h).ok_or_else(|| ApiError::BadRequest("tree ids are 64 hex digits".into())))
+        .collect::<ApiResult<Vec<Id>>>()?;
+    let repo = open_repo(&state, &vault).await?;
+    let trees =
+        tokio::task::spawn_blocking(move || ids.iter().map(|id| repo.load_tree(id)).collect::<Result<Vec<_>, _>>())
+            .await
+            .map_err(internal)?
+            .map_err(repo_err)?;
+    Ok(Json(TreesAnswer { trees }))
+}
+
+/// Answer of `POST /api/v1/vaults/{vault}/trees` (serialised straight from the listings).
+#[derive(serde::Serialize)]
+pub(crate) struct TreesAnswer {
+    trees: Vec<repo::model::Tree>,
+}
+
 /// Upload batches may be large; everything else keeps the small global limit.
 pub const UPLOAD_LIMIT: usize = MAX_BATCH + 4096;
 

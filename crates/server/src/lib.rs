@@ -52,6 +52,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/vaults/{name}/forget", post(retention::forget))
         .route("/vaults/{name}/prune", post(retention::prune))
         .route("/vaults/{name}/trees/{id}", get(backups::tree))
+        .route("/vaults/{name}/trees", post(backups::trees))
         .route("/backups/{id}/missing", post(backups::missing))
         .route("/backups/{id}/commit", post(backups::commit))
         .route("/vaults/{name}/restores", post(approvals::request))
