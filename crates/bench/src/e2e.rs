@@ -5,6 +5,14 @@
 //! The restore figure is the CLI's own restore time after the approval (the passkey touch is a
 //! person's step, not throughput); the wall time including the automated approval is reported
 //! next to it.
+//!
+//! Every tool gets the same file system state: each tool's round runs on a freshly made ext4
+//! file system (a loop-mounted sparse image, when run as root). Without that, results depend
+//! on order: on an ext4 without a journal (this machine's /tmp) the inode allocator skips, one
+//! inode-table lookup at a time, every inode deleted in the last 60 s (360 s while its block is
+//! dirty), so a restore that follows another tool's cleanup runs two to three times slower.
+//! Without root, scratch space is the work directory and our restores wait 61 s after the
+//! last deletion, which is less fair; the results file records which was used.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -34,6 +42,10 @@ pub(crate) struct E2eArgs {
     /// Peers to run through ../shared/bench/peers.sh (skipped if not installed).
     #[arg(long, value_delimiter = ',', default_value = "restic")]
     pub(crate) peers: Vec<String>,
+    /// Scratch file system per tool and round: `ext4` (fresh loop-mounted image, needs root)
+    /// or `none` (the work directory).
+    #[arg(long, default_value = "ext4")]
+    pub(crate) scratch_fs: String,
     /// Directory holding the `strongroom` and `strongroom-softkey` binaries [default: next to
     /// this one; build them with `cargo build --release -p cli -p testkit -p bench`].
     #[arg(long)]
@@ -69,6 +81,7 @@ struct Ratio {
 #[derive(Serialize, Debug)]
 struct E2eResult {
     machine: String,
+    scratch_fs: String,
     data: String,
     data_bytes: u64,
     strongroom_runs: Vec<E2eRun>,
@@ -147,8 +160,51 @@ fn sync() {
     let _ = Command::new("sync").status();
 }
 
-fn one_round(a: &E2eArgs, b: &Bins, data: &Path, run: u32) -> anyhow::Result<E2eRun> {
-    let dir = a.work.join(format!("e2e-strongroom-{run}"));
+/// Waits until no large deletion happened in the last 61 seconds (see the module note).
+fn settle(last_delete: Instant) {
+    let quiet = std::time::Duration::from_secs(61);
+    if let Some(wait) = quiet.checked_sub(last_delete.elapsed()) {
+        println!("  (waiting {:.0} s: ext4 skips recently deleted inodes, slowing restores)", wait.as_secs_f64());
+        std::thread::sleep(wait);
+    }
+}
+
+/// A fresh ext4 file system on a sparse image, mounted under the work directory; unmounted
+/// and deleted on drop (one host inode, so the host's allocator is not disturbed).
+struct Scratch {
+    image: PathBuf,
+    mount: PathBuf,
+}
+
+impl Scratch {
+    fn new(work: &Path, name: &str) -> anyhow::Result<Scratch> {
+        let image = work.join(format!("{name}.img"));
+        let mount = work.join(name);
+        let _ = Command::new("umount").arg(&mount).stderr(Stdio::null()).status();
+        let _ = std::fs::remove_file(&image);
+        std::fs::File::create(&image)?.set_len(16 << 30)?;
+        run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image), "mkfs.ext4")?;
+        std::fs::create_dir_all(&mount)?;
+        run_ok(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&mount), "mount -o loop")?;
+        Ok(Scratch { image, mount })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = std::fs::remove_dir(&self.mount);
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+fn one_round(a: &E2eArgs, b: &Bins, data: &Path, run: u32, last_delete: Instant) -> anyhow::Result<E2eRun> {
+    let scratch =
+        if a.scratch_fs == "ext4" { Some(Scratch::new(&a.work, &format!("fs-strongroom-{run}"))?) } else { None };
+    let dir = match &scratch {
+        Some(s) => s.mount.join("e2e"),
+        None => a.work.join(format!("e2e-strongroom-{run}")),
+    };
     sys::fresh_dir(&dir)?;
     let (server, link) = start_server(b, &dir)?;
     let key = dir.join("owner.key");
@@ -179,6 +235,9 @@ fn one_round(a: &E2eArgs, b: &Bins, data: &Path, run: u32) -> anyhow::Result<E2e
     let outcome = (|| -> anyhow::Result<E2eRun> {
         let (backup2_s, backup2_uploaded_bytes) = backup("incremental")?;
         sync();
+        if scratch.is_none() {
+            settle(last_delete);
+        }
         let target = dir.join("restore");
         let t = Instant::now();
         let mut restore = cli()
@@ -230,7 +289,7 @@ fn one_round(a: &E2eArgs, b: &Bins, data: &Path, run: u32) -> anyhow::Result<E2e
     })();
     engine::change(data, None, "revert")?;
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
     outcome
 }
 
@@ -242,6 +301,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Runs the end-to-end comparison and writes the results.
 pub(crate) fn run(a: &E2eArgs) -> anyhow::Result<()> {
     let b = bins(a)?;
+    match a.scratch_fs.as_str() {
+        "ext4" if rustix::process::geteuid().is_root() => {}
+        "ext4" => {
+            bail!("--scratch-fs ext4 mounts a fresh file system per round and needs root; pass --scratch-fs none")
+        }
+        "none" => println!("note: scratch on the work directory; restores after deletions are order-sensitive"),
+        other => bail!("--scratch-fs is ext4 or none, not {other}"),
+    }
     let data = std::path::absolute(&a.data)?;
     if !data.join("vm-disk.raw").exists() {
         bail!("{} is not the benchmark data set (run ../shared/bench/make-dataset.sh)", data.display());
@@ -263,12 +330,21 @@ pub(crate) fn run(a: &E2eArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.work)?;
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
+    let mut last_delete = Instant::now();
     for run in 1..=a.runs {
         println!("round {run} of {}", a.runs);
-        ours.push(one_round(a, &b, &data, run)?);
+        ours.push(one_round(a, &b, &data, run, last_delete)?);
         for p in &peers {
-            theirs.push(crate::peers::run_peer(&script, p, run, &data, &a.work)?);
+            let scratch =
+                if a.scratch_fs == "ext4" { Some(Scratch::new(&a.work, &format!("fs-{p}-{run}"))?) } else { None };
+            let work = scratch.as_ref().map(|s| s.mount.clone()).unwrap_or_else(|| a.work.clone());
+            theirs.push(crate::peers::run_peer(&script, p, run, &data, &work)?);
+            // peers.sh deletes its restore as it ends.
+            last_delete = Instant::now();
         }
+    }
+    for run in 1..=a.runs {
+        let _ = std::fs::remove_dir_all(a.work.join(format!("e2e-strongroom-{run}")));
     }
     let m = E2eRun {
         run: 0,
@@ -326,6 +402,7 @@ pub(crate) fn run(a: &E2eArgs) -> anyhow::Result<()> {
     }
     let result = E2eResult {
         machine: crate::peers::machine(),
+        scratch_fs: a.scratch_fs.clone(),
         data: data.display().to_string(),
         data_bytes,
         strongroom_runs: ours,

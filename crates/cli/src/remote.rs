@@ -441,12 +441,12 @@ struct HttpContent<'a> {
 impl repo::restore::ContentSource for HttpContent<'_> {
     fn fetch(&self, wanted: &[(Id, u32)], sink: &(dyn Fn(&Id, &[u8]) -> repo::Result<()> + Sync)) -> repo::Result<()> {
         use rayon::prelude::*;
-        // Batches of at most 256 chunks and 32 MiB.
+        // Batches of at most 900 chunks (the server's limit) and 32 MiB.
         let mut batches: Vec<Vec<(Id, u32)>> = vec![Vec::new()];
         let mut size = 0u64;
         for &(id, len) in wanted {
             let last = batches.last_mut().map(|b| b.len()).unwrap_or(0);
-            if last >= 256 || size + u64::from(len) > 32 << 20 {
+            if last >= 900 || size + u64::from(len) > 32 << 20 {
                 batches.push(Vec::new());
                 size = 0;
             }
@@ -463,7 +463,7 @@ impl repo::restore::ContentSource for HttpContent<'_> {
                 .client
                 .post(&url)
                 .header("authorization", format!("Grant {}", self.grant))
-                .json(&serde_json::json!({ "ids": ids }))
+                .json(&serde_json::json!({ "ids": ids, "stored": true }))
                 .send()
                 .map_err(|e| backend_err(e.into()))?;
             if !resp.status().is_success() {
@@ -473,28 +473,42 @@ impl repo::restore::ContentSource for HttpContent<'_> {
             if let Some(p) = &self.remote.pace {
                 p.take(body.len() as u64);
             }
+            let lens: std::collections::HashMap<Id, u32> = batch.iter().copied().collect();
+            let truncated = || backend_err(anyhow::anyhow!("truncated chunk answer"));
             let mut at = 0usize;
             let mut got = 0usize;
             while at < body.len() {
-                let head =
-                    body.get(at..at + 36).ok_or_else(|| backend_err(anyhow::anyhow!("truncated chunk answer")))?;
+                // id[32] flags u8 (1 = zstd) raw_len u32le len u32le data[len]
+                let head = body.get(at..at + 41).ok_or_else(truncated)?;
                 let mut id = [0u8; 32];
                 id.copy_from_slice(&head[..32]);
-                let len = u32::from_le_bytes([head[32], head[33], head[34], head[35]]) as usize;
-                let data = body
-                    .get(at + 36..at + 36 + len)
-                    .ok_or_else(|| backend_err(anyhow::anyhow!("truncated chunk answer")))?;
                 let id = Id(id);
-                let expected = batch.iter().find(|(i, _)| *i == id).map(|(_, l)| *l as usize);
+                let raw_len = u32::from_le_bytes([head[33], head[34], head[35], head[36]]);
+                let len = u32::from_le_bytes([head[37], head[38], head[39], head[40]]) as usize;
+                let data = body.get(at + 41..at + 41 + len).ok_or_else(truncated)?;
+                let bad = |why: &str| repo::Error::Corrupt {
+                    object: format!("chunk {id} from the server"),
+                    reason: why.into(),
+                };
+                if lens.get(&id) != Some(&raw_len) {
+                    return Err(bad("was not asked for, or has the wrong length"));
+                }
+                let plain;
+                let data = match head[32] {
+                    0 => data,
+                    1 => {
+                        plain = repo::chunker::decompress(data, raw_len as usize)
+                            .ok_or_else(|| bad("does not decompress"))?;
+                        &plain[..]
+                    }
+                    _ => return Err(bad("unknown flags")),
+                };
                 // Never trust the server either: the bytes must hash to the id we asked for.
-                if expected != Some(len) || self.hasher.id(data) != id {
-                    return Err(repo::Error::Corrupt {
-                        object: format!("chunk {id} from the server"),
-                        reason: "does not match its id".into(),
-                    });
+                if data.len() != raw_len as usize || self.hasher.id(data) != id {
+                    return Err(bad("does not match its id"));
                 }
                 sink(&id, data)?;
-                at += 36 + len;
+                at += 41 + len;
                 got += 1;
             }
             if got != batch.len() {

@@ -352,13 +352,25 @@ impl Repository {
         Ok(dek)
     }
 
+    /// Decrypts (and authenticates) one blob to its stored form: a zstd frame if
+    /// `loc.compressed`, else the plaintext. Callers that hand it on must decompress and check
+    /// the id themselves (a restoring client does).
+    pub fn open_stored_blob(&self, id: &Id, loc: &BlobLoc, ciphertext: &[u8]) -> Result<Vec<u8>> {
+        let dek = self.data_key(loc.pack)?;
+        pack::open_blob(&dek, loc.n, id, loc.kind, ciphertext).ok_or_else(|| {
+            let pack_id = self.index().pack(loc.pack).map(|p| p.id).unwrap_or(Id([0; 32]));
+            Error::corrupt(
+                format!("{} (blob {} at offset {})", pack::pack_name(&pack_id), id.short(), loc.offset),
+                "blob fails authentication",
+            )
+        })
+    }
+
     /// Decrypts, decompresses and verifies one blob from its ciphertext.
     pub fn decode_blob(&self, id: &Id, loc: &BlobLoc, ciphertext: &[u8]) -> Result<Vec<u8>> {
-        let dek = self.data_key(loc.pack)?;
         let pack_id = self.index().pack(loc.pack).map(|p| p.id).unwrap_or(Id([0; 32]));
         let object = || format!("{} (blob {} at offset {})", pack::pack_name(&pack_id), id.short(), loc.offset);
-        let stored = pack::open_blob(&dek, loc.n, id, loc.kind, ciphertext)
-            .ok_or_else(|| Error::corrupt(object(), "blob fails authentication"))?;
+        let stored = self.open_stored_blob(id, loc, ciphertext)?;
         let plain = if loc.compressed {
             chunker::decompress(&stored, loc.raw_len as usize)
                 .ok_or_else(|| Error::corrupt(object(), "blob does not decompress to its recorded length"))?

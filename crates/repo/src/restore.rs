@@ -181,46 +181,55 @@ pub struct RepoSource<'a>(pub &'a Repository);
 impl ContentSource for RepoSource<'_> {
     fn fetch(&self, wanted: &[(Id, u32)], sink: &(dyn Fn(&Id, &[u8]) -> Result<()> + Sync)) -> Result<()> {
         let repo = self.0;
-        let mut by_pack: HashMap<u32, Vec<(Id, crate::index::BlobLoc)>> = HashMap::new();
-        {
-            let index = repo.index();
-            for (id, _) in wanted {
-                let loc = index.get(id).ok_or_else(|| Error::NotFound(format!("chunk {id} (not in the index)")))?;
-                by_pack.entry(loc.pack).or_default().push((*id, loc));
-            }
-        }
-        let mut packs: Vec<(u32, Vec<(Id, crate::index::BlobLoc)>)> = by_pack.into_iter().collect();
-        packs.sort_by_key(|(p, _)| *p);
-        packs.par_iter_mut().try_for_each(|(pack, blobs)| -> Result<()> {
-            blobs.sort_by_key(|(_, l)| l.offset);
-            let pack_id = repo.index().pack(*pack).map(|p| p.id).unwrap_or(Id([0; 32]));
-            let name = pack_name(&pack_id);
-            // Coalesce blobs separated by small gaps into one range read.
-            let mut start = 0;
-            while start < blobs.len() {
-                let mut end = start + 1;
-                while end < blobs.len()
-                    && blobs[end].1.offset <= blobs[end - 1].1.offset + blobs[end - 1].1.len + (256 << 10)
-                    && (blobs[end].1.offset - blobs[start].1.offset) < (32 << 20)
-                {
-                    end += 1;
-                }
-                let first = u64::from(blobs[start].1.offset);
-                let last = u64::from(blobs[end - 1].1.offset) + u64::from(blobs[end - 1].1.len);
-                let bytes = repo.backend().get_range(&name, first..last)?;
-                if bytes.len() as u64 != last - first {
-                    return Err(Error::corrupt(&name, "pack is shorter than its index says"));
-                }
-                for (id, loc) in &blobs[start..end] {
-                    let s = (u64::from(loc.offset) - first) as usize;
-                    let plain = repo.decode_blob(id, loc, &bytes[s..s + loc.len as usize])?;
-                    sink(id, &plain)?;
-                }
-                start = end;
-            }
-            Ok(())
-        })
+        let ids: Vec<Id> = wanted.iter().map(|(id, _)| *id).collect();
+        for_each_blob(repo, &ids, &|id, loc, ciphertext| sink(id, &repo.decode_blob(id, loc, ciphertext)?))
     }
+}
+
+/// What [`for_each_blob`] calls for each blob: id, index entry, ciphertext.
+pub type BlobVisitor<'f> = dyn Fn(&Id, &crate::index::BlobLoc, &[u8]) -> Result<()> + Sync + 'f;
+
+/// Reads the ciphertext of each blob in `ids` and hands it to `f` with its index entry: pack by
+/// pack on all cores, neighbouring blobs of a pack in one range read.
+pub fn for_each_blob(repo: &Repository, ids: &[Id], f: &BlobVisitor<'_>) -> Result<()> {
+    let mut by_pack: HashMap<u32, Vec<(Id, crate::index::BlobLoc)>> = HashMap::new();
+    {
+        let index = repo.index();
+        for id in ids {
+            let loc = index.get(id).ok_or_else(|| Error::NotFound(format!("chunk {id} (not in the index)")))?;
+            by_pack.entry(loc.pack).or_default().push((*id, loc));
+        }
+    }
+    let mut packs: Vec<(u32, Vec<(Id, crate::index::BlobLoc)>)> = by_pack.into_iter().collect();
+    packs.sort_by_key(|(p, _)| *p);
+    packs.par_iter_mut().try_for_each(|(pack, blobs)| -> Result<()> {
+        blobs.sort_by_key(|(_, l)| l.offset);
+        let pack_id = repo.index().pack(*pack).map(|p| p.id).unwrap_or(Id([0; 32]));
+        let name = pack_name(&pack_id);
+        // Coalesce blobs separated by small gaps into one range read.
+        let mut start = 0;
+        while start < blobs.len() {
+            let mut end = start + 1;
+            while end < blobs.len()
+                && blobs[end].1.offset <= blobs[end - 1].1.offset + blobs[end - 1].1.len + (256 << 10)
+                && (blobs[end].1.offset - blobs[start].1.offset) < (32 << 20)
+            {
+                end += 1;
+            }
+            let first = u64::from(blobs[start].1.offset);
+            let last = u64::from(blobs[end - 1].1.offset) + u64::from(blobs[end - 1].1.len);
+            let bytes = repo.backend().get_range(&name, first..last)?;
+            if bytes.len() as u64 != last - first {
+                return Err(Error::corrupt(&name, "pack is shorter than its index says"));
+            }
+            for (id, loc) in &blobs[start..end] {
+                let s = (u64::from(loc.offset) - first) as usize;
+                f(id, loc, &bytes[s..s + loc.len as usize])?;
+            }
+            start = end;
+        }
+        Ok(())
+    })
 }
 
 /// Restores `entries` (from [`plan`]) into `target` (created if missing), reading contents
@@ -317,14 +326,19 @@ pub fn restore_plan(
 
     // Phase 2: contents, from the source (each chunk verified there), written where they belong.
     let mut wanted: HashMap<Id, Vec<(u32, u64)>> = HashMap::new();
-    let mut lens: HashMap<Id, u32> = HashMap::new();
+    // In plan order, which is the order the backup stored them in: a remote source fetching
+    // in batches then reads neighbouring data from each pack.
+    let mut list: Vec<(Id, u32)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let mut off = 0u64;
         for c in &item.node.content {
             match c {
                 Content::Chunk { id, len } => {
-                    wanted.entry(*id).or_default().push((i as u32, off));
-                    lens.insert(*id, *len);
+                    let uses = wanted.entry(*id).or_default();
+                    if uses.is_empty() {
+                        list.push((*id, *len));
+                    }
+                    uses.push((i as u32, off));
                 }
                 Content::Zero { zero } => {
                     progress.bytes_done.fetch_add(*zero, Ordering::Relaxed);
@@ -333,7 +347,6 @@ pub fn restore_plan(
             off += c.len();
         }
     }
-    let list: Vec<(Id, u32)> = lens.into_iter().collect();
     let sink = |id: &Id, plain: &[u8]| -> Result<()> {
         for &(item, off) in wanted.get(id).map(|v| v.as_slice()).unwrap_or(&[]) {
             let path = &items[item as usize].path;
