@@ -108,6 +108,26 @@ fn clear_entry(path: &Path) -> Result<()> {
     }
 }
 
+/// Creates a new regular file at `path`, never following a link: whatever is in the way is
+/// removed first (tried only when the exclusive create finds something there).
+fn create_file(path: &Path) -> Result<File> {
+    let open = || OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(nofollow()).open(path);
+    match open() {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            clear_entry(path)?;
+            open().map_err(|e| Error::io(path, e))
+        }
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// A file made of exactly one chunk (most files): created, written and finished in one go
+/// when its chunk arrives, with one open instead of three.
+fn single_chunk(item: &Item) -> bool {
+    item.node.kind == NodeKind::File && matches!(item.node.content.as_slice(), [Content::Chunk { .. }])
+}
+
 fn open_for_write(path: &Path) -> Result<File> {
     OpenOptions::new().write(true).custom_flags(nofollow()).open(path).map_err(|e| Error::io(path, e))
 }
@@ -292,15 +312,10 @@ pub fn restore_plan(
     items.par_iter().try_for_each(|item| -> Result<()> {
         match item.node.kind {
             NodeKind::File => {
-                clear_entry(&item.path)?;
-                let f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(nofollow())
-                    .open(&item.path)
-                    .map_err(|e| Error::io(&item.path, e))?;
-                f.set_len(item.node.size).map_err(|e| Error::io(&item.path, e))?;
+                if !single_chunk(item) {
+                    let f = create_file(&item.path)?;
+                    f.set_len(item.node.size).map_err(|e| Error::io(&item.path, e))?;
+                }
                 progress.files_total.fetch_add(1, Ordering::Relaxed);
                 progress.bytes_total.fetch_add(item.node.size, Ordering::Relaxed);
             }
@@ -349,8 +364,15 @@ pub fn restore_plan(
     }
     let sink = |id: &Id, plain: &[u8]| -> Result<()> {
         for &(item, off) in wanted.get(id).map(|v| v.as_slice()).unwrap_or(&[]) {
-            let path = &items[item as usize].path;
-            open_for_write(path)?.write_all_at(plain, off).map_err(|e| Error::io(path, e))?;
+            let it = &items[item as usize];
+            let path = &it.path;
+            if single_chunk(it) {
+                let f = create_file(path)?;
+                f.write_all_at(plain, 0).map_err(|e| Error::io(path, e))?;
+                apply_metadata(&f, &it.node, owners, path)?;
+            } else {
+                open_for_write(path)?.write_all_at(plain, off).map_err(|e| Error::io(path, e))?;
+            }
             progress.bytes_done.fetch_add(plain.len() as u64, Ordering::Relaxed);
         }
         Ok(())
@@ -382,17 +404,29 @@ pub fn restore_plan(
 
     // Phase 4: metadata; everything but directories in parallel, then directories deepest
     // first, so a directory's times are set after its contents changed it.
-    items.par_iter().filter(|it| it.node.kind != NodeKind::Dir).try_for_each(|it| set_metadata(it, owners))?;
+    items
+        .par_iter()
+        .filter(|it| it.node.kind != NodeKind::Dir && !single_chunk(it))
+        .try_for_each(|it| set_metadata(it, owners))?;
     for item in items.iter().rev().filter(|it| it.node.kind == NodeKind::Dir) {
         set_metadata(item, owners)?;
     }
     Ok(summary)
 }
 
+/// Owner (when restoring as root), permissions and times, through an open descriptor.
+fn apply_metadata(f: &File, n: &Node, owners: bool, path: &Path) -> Result<()> {
+    if owners {
+        std::os::unix::fs::fchown(f, Some(n.uid), Some(n.gid)).map_err(|e| Error::io(path, e))?;
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(n.mode & 0o7777)).map_err(|e| Error::io(path, e))?;
+    let times = std::fs::FileTimes::new().set_accessed(system_time(n.atime_ns)).set_modified(system_time(n.mtime_ns));
+    f.set_times(times).map_err(|e| Error::io(path, e))
+}
+
 fn set_metadata(item: &Item, owners: bool) -> Result<()> {
     let n = &item.node;
     let path = &item.path;
-    let times = std::fs::FileTimes::new().set_accessed(system_time(n.atime_ns)).set_modified(system_time(n.mtime_ns));
     match n.kind {
         NodeKind::File | NodeKind::Dir => {
             let f = OpenOptions::new()
@@ -402,11 +436,7 @@ fn set_metadata(item: &Item, owners: bool) -> Result<()> {
                 )
                 .open(path)
                 .map_err(|e| Error::io(path, e))?;
-            if owners {
-                std::os::unix::fs::fchown(&f, Some(n.uid), Some(n.gid)).map_err(|e| Error::io(path, e))?;
-            }
-            f.set_permissions(std::fs::Permissions::from_mode(n.mode & 0o7777)).map_err(|e| Error::io(path, e))?;
-            f.set_times(times).map_err(|e| Error::io(path, e))?;
+            apply_metadata(&f, n, owners, path)?;
         }
         NodeKind::Symlink => {
             if owners {
