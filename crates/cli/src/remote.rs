@@ -14,6 +14,9 @@ use repo::{ChunkSink, Id, PreparedChunk};
 /// Ids per `missing` query: 67 bytes of JSON each, under the server's 64 KiB body limit.
 const MISSING_PER_QUERY: usize = 900;
 
+/// Chunk requests in flight during a restore.
+const FETCHERS: usize = 4;
+
 /// Listings per request when reading a parent snapshot (the server's limit).
 const TREES_PER_QUERY: usize = 900;
 
@@ -455,66 +458,74 @@ impl repo::restore::ContentSource for HttpContent<'_> {
                 b.push((id, len));
             }
         }
-        batches.par_iter().filter(|b| !b.is_empty()).try_for_each(|batch| -> repo::Result<()> {
-            let ids: Vec<String> = batch.iter().map(|(i, _)| i.to_hex()).collect();
-            let url = format!("{}/api/v1/restores/{}/chunks", self.remote.base, self.restore_id);
-            let resp = self
-                .remote
-                .client
-                .post(&url)
-                .header("authorization", format!("Grant {}", self.grant))
-                .json(&serde_json::json!({ "ids": ids, "stored": true }))
-                .send()
-                .map_err(|e| backend_err(e.into()))?;
-            if !resp.status().is_success() {
-                return Err(backend_err(anyhow::anyhow!("the server refused chunks ({})", resp.status())));
-            }
-            let body = resp.bytes().map_err(|e| backend_err(e.into()))?;
-            if let Some(p) = &self.remote.pace {
-                p.take(body.len() as u64);
-            }
-            let lens: std::collections::HashMap<Id, u32> = batch.iter().copied().collect();
-            let truncated = || backend_err(anyhow::anyhow!("truncated chunk answer"));
-            let mut at = 0usize;
-            let mut got = 0usize;
-            while at < body.len() {
-                // id[32] flags u8 (1 = zstd) raw_len u32le len u32le data[len]
-                let head = body.get(at..at + 41).ok_or_else(truncated)?;
-                let mut id = [0u8; 32];
-                id.copy_from_slice(&head[..32]);
-                let id = Id(id);
-                let raw_len = u32::from_le_bytes([head[33], head[34], head[35], head[36]]);
-                let len = u32::from_le_bytes([head[37], head[38], head[39], head[40]]) as usize;
-                let data = body.get(at + 41..at + 41 + len).ok_or_else(truncated)?;
-                let bad = |why: &str| repo::Error::Corrupt {
-                    object: format!("chunk {id} from the server"),
-                    reason: why.into(),
-                };
-                if lens.get(&id) != Some(&raw_len) {
-                    return Err(bad("was not asked for, or has the wrong length"));
+        // More requests in flight than cores: while one waits for the server, another
+        // decompresses, verifies and writes.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(FETCHERS)
+            .build()
+            .map_err(|e| backend_err(anyhow::anyhow!("thread pool: {e}")))?;
+        pool.install(|| {
+            batches.par_iter().filter(|b| !b.is_empty()).try_for_each(|batch| -> repo::Result<()> {
+                let ids: Vec<String> = batch.iter().map(|(i, _)| i.to_hex()).collect();
+                let url = format!("{}/api/v1/restores/{}/chunks", self.remote.base, self.restore_id);
+                let resp = self
+                    .remote
+                    .client
+                    .post(&url)
+                    .header("authorization", format!("Grant {}", self.grant))
+                    .json(&serde_json::json!({ "ids": ids, "stored": true }))
+                    .send()
+                    .map_err(|e| backend_err(e.into()))?;
+                if !resp.status().is_success() {
+                    return Err(backend_err(anyhow::anyhow!("the server refused chunks ({})", resp.status())));
                 }
-                let plain;
-                let data = match head[32] {
-                    0 => data,
-                    1 => {
-                        plain = repo::chunker::decompress(data, raw_len as usize)
-                            .ok_or_else(|| bad("does not decompress"))?;
-                        &plain[..]
+                let body = resp.bytes().map_err(|e| backend_err(e.into()))?;
+                if let Some(p) = &self.remote.pace {
+                    p.take(body.len() as u64);
+                }
+                let lens: std::collections::HashMap<Id, u32> = batch.iter().copied().collect();
+                let truncated = || backend_err(anyhow::anyhow!("truncated chunk answer"));
+                let mut at = 0usize;
+                let mut got = 0usize;
+                while at < body.len() {
+                    // id[32] flags u8 (1 = zstd) raw_len u32le len u32le data[len]
+                    let head = body.get(at..at + 41).ok_or_else(truncated)?;
+                    let mut id = [0u8; 32];
+                    id.copy_from_slice(&head[..32]);
+                    let id = Id(id);
+                    let raw_len = u32::from_le_bytes([head[33], head[34], head[35], head[36]]);
+                    let len = u32::from_le_bytes([head[37], head[38], head[39], head[40]]) as usize;
+                    let data = body.get(at + 41..at + 41 + len).ok_or_else(truncated)?;
+                    let bad = |why: &str| repo::Error::Corrupt {
+                        object: format!("chunk {id} from the server"),
+                        reason: why.into(),
+                    };
+                    if lens.get(&id) != Some(&raw_len) {
+                        return Err(bad("was not asked for, or has the wrong length"));
                     }
-                    _ => return Err(bad("unknown flags")),
-                };
-                // Never trust the server either: the bytes must hash to the id we asked for.
-                if data.len() != raw_len as usize || self.hasher.id(data) != id {
-                    return Err(bad("does not match its id"));
+                    let plain;
+                    let data = match head[32] {
+                        0 => data,
+                        1 => {
+                            plain = repo::chunker::decompress(data, raw_len as usize)
+                                .ok_or_else(|| bad("does not decompress"))?;
+                            &plain[..]
+                        }
+                        _ => return Err(bad("unknown flags")),
+                    };
+                    // Never trust the server either: the bytes must hash to the id we asked for.
+                    if data.len() != raw_len as usize || self.hasher.id(data) != id {
+                        return Err(bad("does not match its id"));
+                    }
+                    sink(&id, data)?;
+                    at += 41 + len;
+                    got += 1;
                 }
-                sink(&id, data)?;
-                at += 41 + len;
-                got += 1;
-            }
-            if got != batch.len() {
-                return Err(backend_err(anyhow::anyhow!("the server sent {got} of {} chunks", batch.len())));
-            }
-            Ok(())
+                if got != batch.len() {
+                    return Err(backend_err(anyhow::anyhow!("the server sent {got} of {} chunks", batch.len())));
+                }
+                Ok(())
+            })
         })
     }
 }

@@ -51,6 +51,24 @@ pub struct RegisteredCredential {
     pub transports: Vec<String>,
 }
 
+impl RegisteredCredential {
+    /// The credential's public key as the audit log records it: `("ES256", SEC1 uncompressed
+    /// P-256 point)` or `("EdDSA", 32-byte Ed25519 key)`; `None` for other algorithms.
+    pub fn public_key(&self) -> Option<(&'static str, Vec<u8>)> {
+        use webauthn_rs_core::proto::{COSEKeyType, ECDSACurve, EDDSACurve};
+        match &self.credential.cred.key {
+            COSEKeyType::EC_EC2(k) if matches!(k.curve, ECDSACurve::SECP256R1) => {
+                let mut point = vec![0x04];
+                point.extend_from_slice(&k.x);
+                point.extend_from_slice(&k.y);
+                Some(("ES256", point))
+            }
+            COSEKeyType::EC_OKP(k) if matches!(k.curve, EDDSACurve::ED25519) => Some(("EdDSA", k.x.clone())),
+            _ => None,
+        }
+    }
+}
+
 /// A verified assertion.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedAssertion {

@@ -63,13 +63,10 @@ pub fn digest_of(op: &RestoreOperation) -> ApiResult<(String, String)> {
     Ok((json, digest))
 }
 
-/// The WebAuthn challenge that binds an assertion to `digest` (hex) and `nonce`.
+/// The WebAuthn challenge that binds an assertion to `digest` (hex) and `nonce` (shared with
+/// the offline verifier).
 pub fn approval_challenge(digest_hex: &str, nonce: &[u8; 32]) -> [u8; 32] {
-    let mut h = sha2::Sha256::new();
-    h.update(b"strongroom approval v1");
-    h.update(hex::decode(digest_hex).unwrap_or_default());
-    h.update(nonce);
-    h.finalize().into()
+    auditlog::assertion::approval_challenge(digest_hex, nonce)
 }
 
 async fn vault_policy(state: &AppState, name: &str) -> ApiResult<VaultPolicy> {
@@ -266,6 +263,7 @@ pub(crate) async fn start(
         user_id: Some(p.user.id.clone()),
         user_code: None,
         approval: Some((a.id.clone(), a.digest.clone())),
+        nonce: Some(hex::encode(nonce)),
     };
     let cid = put_ceremony(&state, "approval", &hex::encode(nonce), &ceremony).await?;
     Ok(Json(
@@ -326,14 +324,22 @@ pub(crate) async fn finish(
         .metrics
         .approval_seconds_sum
         .fetch_add((now - a.created_at).max(0) as u64, std::sync::atomic::Ordering::Relaxed);
-    audit(
-        &state,
-        "restore.approve",
-        &user.username,
-        "approved",
-        serde_json::json!({"approval_id": a.id, "vault": a.vault, "evidence": evidence}),
-    )
-    .await?;
+    // Everything an auditor needs to re-check this approval offline: the assertion, and what
+    // its challenge was derived from (see `auditlog::export`).
+    let record = serde_json::json!({
+        "approval_id": a.id, "vault": a.vault, "amr": strength.amr(), "acr": strength.acr(),
+        "assertion": {
+            "credential_id": record.id,
+            "authenticator_data": b64(&r.authenticator_data),
+            "client_data_json": b64(&r.client_data_json),
+            "signature": b64(&r.signature),
+        },
+        "approval": {
+            "digest": a.digest, "nonce": c.nonce, "operation_json": a.operation_json,
+            "rp_id": state.rp.rp_id(), "origin": state.rp.origin().as_str().trim_end_matches('/'),
+        },
+    });
+    audit(&state, "restore.approve", &user.username, "approved", record).await?;
     Ok(Json(serde_json::json!({ "approved": true, "digest": a.digest })))
 }
 

@@ -4,6 +4,8 @@
 //! stable codes ([`error::ApiError`]) is mapped to HTTP in one place.
 
 pub mod approvals;
+pub mod audit_api;
+pub mod audit_log;
 pub mod auth;
 pub mod backups;
 pub mod error;
@@ -65,6 +67,12 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/restores/{id}/chunks", post(approvals::chunks))
         .route("/restores/{id}/done", post(approvals::done))
         .route("/users/{username}/disable", post(disable_user))
+        .route("/audit/key", get(audit_api::key))
+        .route("/audit/checkpoint", get(audit_api::checkpoint))
+        .route("/audit/checkpoints", get(audit_api::checkpoints))
+        .route("/audit/records", get(audit_api::records))
+        .route("/audit/proof/inclusion", get(audit_api::inclusion))
+        .route("/audit/proof/consistency", get(audit_api::consistency))
         .route("/oauth/device_authorization", post(device_authorization))
         .route("/oauth/token", post(token))
         .route("/device/approve/start", post(device_approve_start))

@@ -41,7 +41,7 @@ pub async fn audit(
         outcome: outcome.to_string(),
         details_json: details.to_string(),
     };
-    state.store.append_audit(&event).await?;
+    state.audit_log.append(&state.store, event, state.clock.now()).await?;
     Ok(())
 }
 
@@ -65,6 +65,9 @@ pub(crate) struct LoginCeremony {
     /// For an operation approval: its id and digest.
     #[serde(default)]
     pub(crate) approval: Option<(String, String)>,
+    /// For an operation approval: the nonce mixed into the challenge (hex), for the audit log.
+    #[serde(default)]
+    pub(crate) nonce: Option<String>,
 }
 
 pub(crate) async fn put_ceremony<T: Serialize>(
@@ -253,6 +256,10 @@ pub(crate) async fn enroll_finish(
             "user_id": c.user_id, "role": link.role, "credential_id": reg.id, "aaguid": reg.aaguid.to_string(),
             "attestation_format": reg.attestation_format, "attestation_trusted": reg.attestation_trusted,
             "backup_eligible": reg.backup_eligible, "backup_state": reg.backup_state, "transports": reg.transports,
+            // The key approvals are later re-verified against, offline (auditlog::export).
+            "credential": reg.public_key().map(|(alg, key)| serde_json::json!({
+                "id": reg.id, "alg": alg, "public_key": identity::passkey::b64url(&key),
+            })),
         }),
     )
     .await?;
@@ -285,7 +292,7 @@ pub(crate) async fn login_start(State(state): St, body: Option<Json<LoginStart>>
         &state,
         "login",
         "",
-        &LoginCeremony { state: auth_state, user_id, user_code: None, approval: None },
+        &LoginCeremony { state: auth_state, user_id, user_code: None, approval: None, nonce: None },
     )
     .await?;
     Ok(Json(StartResponse { ceremony_id: id, options: serde_json::to_value(rcr).map_err(internal)? }))
@@ -877,6 +884,7 @@ pub(crate) async fn device_approve_start(
             user_id: Some(p.user.id.clone()),
             user_code: Some(code.clone()),
             approval: None,
+            nonce: None,
         },
     )
     .await?;

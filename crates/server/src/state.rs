@@ -102,6 +102,8 @@ pub struct AppState {
     pub access_token_seconds: i64,
     /// Packs a backup uploads between index checkpoints.
     pub checkpoint_packs: usize,
+    /// The verifiable audit log.
+    pub audit_log: crate::audit_log::AuditLog,
 }
 
 /// Errors of start-up.
@@ -167,6 +169,8 @@ pub async fn open_state(config: &ServerConfig, clock: Clock) -> Result<AppState,
     }
     let issuer = config.public_url.as_str().trim_end_matches('/').to_string();
     let signer = TokenSigner::new(&issuer, AUDIENCE, &keys).map_err(|e| StartError::Config(e.to_string()))?;
+    let audit_key = load_audit_key(dir, &config.public_url)?;
+    let audit_log = crate::audit_log::AuditLog::open(&store, audit_key).await.map_err(StartError::Config)?;
     let roots = attestation_roots(&config.attestation_roots)?;
     let rp =
         RelyingParty::new("Strongroom", &config.public_url, roots).map_err(|e| StartError::Config(e.to_string()))?;
@@ -183,7 +187,35 @@ pub async fn open_state(config: &ServerConfig, clock: Clock) -> Result<AppState,
         metrics: Default::default(),
         access_token_seconds: config.access_token_seconds,
         checkpoint_packs: config.checkpoint_packs,
+        audit_log,
     })
+}
+
+/// The audit log's name (checkpoint origin): the public URL's host, port and `/audit`.
+pub fn audit_origin(public_url: &Url) -> String {
+    let host = public_url.host_str().unwrap_or("strongroom");
+    match public_url.port() {
+        Some(p) => format!("{host}:{p}/audit"),
+        None => format!("{host}/audit"),
+    }
+}
+
+/// The Ed25519 audit signing key: `keys/audit.key` (32-byte seed, 0600), made on first start.
+fn load_audit_key(dir: &Path, public_url: &Url) -> Result<auditlog::AuditKey, StartError> {
+    let path = dir.join("keys/audit.key");
+    let seed: [u8; 32] = match std::fs::read(&path) {
+        Ok(bytes) => {
+            bytes.try_into().map_err(|_| StartError::Config(format!("{}: an audit key is 32 bytes", path.display())))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut seed = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+            write_private(&path, &seed)?;
+            seed
+        }
+        Err(e) => return Err(StartError::Io(path, e)),
+    };
+    auditlog::AuditKey::from_seed(&audit_origin(public_url), seed).map_err(|e| StartError::Config(e.to_string()))
 }
 
 fn attestation_roots(paths: &[PathBuf]) -> Result<AttestationCaList, StartError> {

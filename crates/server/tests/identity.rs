@@ -788,9 +788,132 @@ async fn a_restore_runs_only_after_a_restore_operator_approves_that_exact_operat
     let events = s.state.store.audit_events(0, 10_000).await.unwrap();
     let ev = events.iter().find(|e| e.event.kind == "restore.approve" && e.event.outcome == "approved").unwrap();
     let d: Value = serde_json::from_str(&ev.event.details_json).unwrap();
-    for f in ["credential_id", "authenticator_data", "client_data_json", "signature", "digest"] {
-        assert!(d["evidence"][f].is_string(), "{f} missing from the evidence");
+    for f in ["credential_id", "authenticator_data", "client_data_json", "signature"] {
+        assert!(d["assertion"][f].is_string(), "{f} missing from the evidence");
     }
+    for f in ["digest", "nonce", "operation_json", "rp_id", "origin"] {
+        assert!(d["approval"][f].is_string(), "{f} missing from the approval evidence");
+    }
+
+    // An auditor exports the log and verifies it offline, signatures of the approval included.
+    let export = export_via_api(&s, &to).await;
+    let report = auditlog::export::verify(&export, &Default::default()).unwrap_or_else(|p| panic!("{p}"));
+    assert!(report.approvals_verified >= 1 && report.credentials >= 3, "{report:?}");
+    assert_eq!(report.records, export.records.iter().filter(|&&b| b == b'\n').count() as u64);
+    let seed: [u8; 32] = std::fs::read(s._dir.path().join("data/keys/audit.key")).unwrap().try_into().unwrap();
+    let key =
+        auditlog::AuditKey::from_seed(&server::state::audit_origin(&url::Url::parse(&s.base).unwrap()), seed).unwrap();
+    assert_eq!(key.vkey(), export.vkey);
+    assert_tampering_is_detected(&export, &key);
+}
+
+async fn get_text(s: &Srv, token: &str, path: &str) -> String {
+    let r = s.http.get(format!("{}{path}", s.base)).bearer_auth(token).send().await.unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.text().await.unwrap()
+}
+
+/// What `strongroom audit export` fetches, through the API.
+async fn export_via_api(s: &Srv, token: &str) -> auditlog::export::Export {
+    let vkey = get_text(s, token, "/api/v1/audit/key").await;
+    let checkpoint = get_text(s, token, "/api/v1/audit/checkpoint").await;
+    // Up to the checkpoint just signed: reading the log is itself logged, so it never ends.
+    let size = auditlog::Checkpoint::open(&checkpoint, &vkey).unwrap().size as i64;
+    let mut records = Vec::new();
+    let mut after = 0;
+    while after < size {
+        let limit = (size - after).min(100);
+        let (st, v) = s.get(&format!("/api/v1/audit/records?after={after}&limit={limit}"), Some(token)).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let list = v["records"].as_array().unwrap();
+        for r in list {
+            records.extend_from_slice(r.as_str().unwrap().as_bytes());
+            records.push(b'\n');
+        }
+        after = v["next"].as_i64().unwrap();
+    }
+    let (_, cps) = s.get("/api/v1/audit/checkpoints", Some(token)).await;
+    let checkpoints = cps["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["size"].as_u64().unwrap(), c["note"].as_str().unwrap().to_string()))
+        .collect();
+    auditlog::export::Export { records, checkpoint, checkpoints, vkey: vkey.trim().to_string() }
+}
+
+/// Each kind of tampering with an export is reported, naming the record where it can.
+fn assert_tampering_is_detected(good: &auditlog::export::Export, key: &auditlog::AuditKey) {
+    use auditlog::export::{verify, Options};
+    let lines: Vec<&[u8]> = good.records[..good.records.len() - 1].split(|&b| b == b'\n').collect();
+    let rebuild = |lines: &[Vec<u8>]| -> Vec<u8> {
+        let mut out = Vec::new();
+        for l in lines {
+            out.extend_from_slice(l);
+            out.push(b'\n');
+        }
+        out
+    };
+    let owned: Vec<Vec<u8>> = lines.iter().map(|l| l.to_vec()).collect();
+    let with = |records: Vec<u8>| auditlog::export::Export { records, ..good.clone() };
+    let approval = owned.iter().position(|l| String::from_utf8_lossy(l).contains("\"assertion\"")).unwrap();
+    let enrolled = owned.iter().position(|l| String::from_utf8_lossy(l).contains("\"public_key\"")).unwrap();
+
+    // Edit a field of a plain record (re-canonical, so only the tree can tell).
+    let mut edited = owned.clone();
+    edited[1] =
+        String::from_utf8(edited[1].clone()).unwrap().replacen("\"outcome\":\"", "\"outcome\":\"x", 1).into_bytes();
+    let p = verify(&with(rebuild(&edited)), &Options::default()).unwrap_err();
+    assert!(p.what.contains("altered") && p.record.is_some(), "edit: {p}");
+    // Delete a record.
+    let mut deleted = owned.clone();
+    deleted.remove(2);
+    let p = verify(&with(rebuild(&deleted)), &Options::default()).unwrap_err();
+    assert_eq!(p.record, Some(3), "delete: {p}");
+    // Reorder two.
+    let mut swapped = owned.clone();
+    swapped.swap(1, 2);
+    let p = verify(&with(rebuild(&swapped)), &Options::default()).unwrap_err();
+    assert_eq!(p.record, Some(2), "reorder: {p}");
+    // Truncate the tail below the checkpoint.
+    let p = verify(&with(rebuild(&owned[..owned.len() - 1])), &Options::default()).unwrap_err();
+    assert!(p.what.contains("removed from the end"), "truncate: {p}");
+    // Swap the approval's signature for another value.
+    let mut forged = owned.clone();
+    let mut rec: Value = serde_json::from_slice(&forged[approval]).unwrap();
+    let sig = rec["details"]["assertion"]["signature"].as_str().unwrap().to_string();
+    let mut bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &sig).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    rec["details"]["assertion"]["signature"] =
+        Value::String(base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &bytes));
+    forged[approval] = serde_json_canonicalizer::to_vec(&rec).unwrap();
+    let p = verify(&with(rebuild(&forged)), &Options::default()).unwrap_err();
+    assert_eq!(p.record, Some(approval as u64 + 1), "signature: {p}");
+    assert!(p.what.contains("does not verify"), "signature: {p}");
+    // Replace the credential's registered public key with another valid one.
+    let mut rekeyed = owned.clone();
+    let mut rec: Value = serde_json::from_slice(&rekeyed[enrolled]).unwrap();
+    let other = p256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap();
+    rec["details"]["credential"]["public_key"] = Value::String(base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        other.verifying_key().to_encoded_point(false).as_bytes(),
+    ));
+    rekeyed[enrolled] = serde_json_canonicalizer::to_vec(&rec).unwrap();
+    let p = verify(&with(rebuild(&rekeyed)), &Options::default()).unwrap_err();
+    assert!(p.record.is_some() && (p.what.contains("does not verify") || p.what.contains("altered")), "key: {p}");
+    // The auditor's own earlier checkpoint is consistent with the export...
+    let ok = verify(good, &Options { trusted_checkpoint: Some(good.checkpoint.clone()), ..Default::default() });
+    assert!(ok.is_ok(), "{ok:?}");
+    // ...but a fork (the log signed another tree of the same size) is caught.
+    let size = auditlog::Checkpoint::open(&good.checkpoint, &good.vkey).unwrap().size;
+    let forked = key.sign_checkpoint(size, &[7u8; 32]).unwrap();
+    let p = verify(good, &Options { trusted_checkpoint: Some(forked.note), ..Default::default() }).unwrap_err();
+    assert!(p.what.contains("fork"), "fork: {p}");
+    // And a checkpoint signed by another key is refused outright.
+    let other = auditlog::AuditKey::from_seed(key.name(), [3u8; 32]).unwrap();
+    let p = verify(good, &Options { vkey: Some(other.vkey()), ..Default::default() }).unwrap_err();
+    assert!(p.what.contains("signature"), "wrong key: {p}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

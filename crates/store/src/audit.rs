@@ -1,5 +1,5 @@
-//! The audit trail as an append-only, gapless sequence of events (a later issue adds the Merkle
-//! log and signed checkpoints on top of it).
+//! The audit trail as an append-only, gapless sequence of events, each with its Merkle leaf
+//! (the canonical record the server's `auditlog` tree hashes), and the signed checkpoints.
 
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -34,6 +34,93 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(seq)
+    }
+
+    /// Appends events in one transaction (group commit: one durable write for many events)
+    /// and returns their sequence numbers. `leaf` makes each event's Merkle leaf from its
+    /// sequence number; a failure rolls the whole batch back.
+    pub async fn append_audit_batch(
+        &self,
+        events: &[AuditEvent],
+        leaf: &(dyn Fn(i64, &AuditEvent) -> std::result::Result<String, String> + Send + Sync),
+    ) -> Result<Vec<i64>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        let next: Option<i64> =
+            sqlx::query_scalar("UPDATE audit_head SET next_seq = next_seq + $1 WHERE id = 1 RETURNING next_seq")
+                .bind(events.len() as i64)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(next) = next else {
+            return Err(StoreError::Database("audit_head row is missing".into()));
+        };
+        let first = next - events.len() as i64;
+        let mut seqs = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            let seq = first + i as i64;
+            let leaf = leaf(seq, event).map_err(StoreError::Database)?;
+            sqlx::query(
+                "INSERT INTO audit_events (seq, event_time, kind, actor, outcome, details_json, leaf) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(seq)
+            .bind(event.time)
+            .bind(event.kind.as_str())
+            .bind(event.actor.as_str())
+            .bind(event.outcome.as_str())
+            .bind(event.details_json.as_str())
+            .bind(leaf)
+            .execute(&mut *tx)
+            .await?;
+            seqs.push(seq);
+        }
+        tx.commit().await?;
+        Ok(seqs)
+    }
+
+    /// Leaves of events with `seq > after_seq`, in order (`None` for events written before the
+    /// audit log existed and not yet given a leaf).
+    pub async fn audit_leaves(&self, after_seq: i64, limit: u32) -> Result<Vec<(i64, Option<String>)>> {
+        let rows = sqlx::query("SELECT seq, leaf FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("seq")?, r.try_get("leaf")?))).collect()
+    }
+
+    /// Sets the leaf of an event written before the audit log existed (only if it has none).
+    pub async fn set_audit_leaf(&self, seq: i64, leaf: &str) -> Result<()> {
+        sqlx::query("UPDATE audit_events SET leaf = $1 WHERE seq = $2 AND leaf IS NULL")
+            .bind(leaf)
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a signed checkpoint (one per tree size; a second one for a size is refused).
+    pub async fn insert_audit_checkpoint(&self, size: i64, root_hex: &str, note: &str, now: i64) -> Result<()> {
+        sqlx::query("INSERT INTO audit_checkpoints (size, root, note, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(size)
+            .bind(root_hex)
+            .bind(note)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every signed checkpoint as (size, root hex, note, created_at), smallest first.
+    pub async fn audit_checkpoints(&self) -> Result<Vec<(i64, String, String, i64)>> {
+        let rows = sqlx::query("SELECT size, root, note, created_at FROM audit_checkpoints ORDER BY size")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("size")?, r.try_get("root")?, r.try_get("note")?, r.try_get("created_at")?)))
+            .collect()
     }
 
     /// Up to `limit` events with `seq > after_seq`, in sequence order (pass 0 to start at the

@@ -201,7 +201,7 @@ async fn migrations_are_recorded_once() {
     let pool = raw_pool(&path).await;
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version").fetch_all(&pool).await.unwrap();
-    assert_eq!(versions, vec![1, 2, 3], "each migration recorded exactly once");
+    assert_eq!(versions, vec![1, 2, 3, 4], "each migration recorded exactly once");
 }
 
 #[tokio::test]

@@ -1,0 +1,236 @@
+//! The server's side of the verifiable audit log: appends with group commit (one durable
+//! transaction for every event waiting at that moment), the Merkle tree in memory, and signed
+//! checkpoints — after every `CHECKPOINT_RECORDS` records, or when asked, never two for one
+//! size and never one that is not an extension of the last (checked before signing).
+
+use std::sync::Mutex;
+
+use auditlog::{AuditKey, Checkpoint, Record, Tree};
+
+use crate::error::{ApiError, ApiResult};
+
+/// A checkpoint is signed at least every this many records.
+pub const CHECKPOINT_RECORDS: u64 = 1000;
+
+/// Events waiting to be written, with where to send their sequence numbers.
+type Waiting = Vec<(store::AuditEvent, tokio::sync::oneshot::Sender<Result<i64, String>>)>;
+
+/// The audit log of a running server.
+pub struct AuditLog {
+    key: AuditKey,
+    tree: Mutex<Tree>,
+    latest: Mutex<Option<Checkpoint>>,
+    queue: Mutex<Waiting>,
+    /// Held by the one task writing a batch.
+    writer: tokio::sync::Mutex<()>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+/// The leaf of an event: its canonical record.
+pub fn leaf_of(seq: i64, e: &store::AuditEvent) -> Result<String, String> {
+    let details: serde_json::Value = serde_json::from_str(&e.details_json).map_err(|e| e.to_string())?;
+    let text = |k: &str| details.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let record = Record {
+        seq: u64::try_from(seq).map_err(|e| e.to_string())?,
+        time: e.time,
+        kind: e.kind.clone(),
+        actor: e.actor.clone(),
+        outcome: e.outcome.clone(),
+        vault: text("vault"),
+        reason: text("reason"),
+        details,
+    };
+    String::from_utf8(record.canonical().map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+}
+
+impl AuditLog {
+    /// Loads the log: gives leaves to events written before the log existed, rebuilds the tree,
+    /// and checks it against the last signed checkpoint (a database that no longer matches what
+    /// was signed is refused).
+    pub async fn open(store: &store::Store, key: AuditKey) -> Result<AuditLog, String> {
+        let mut tree = Tree::new();
+        let mut after = 0i64;
+        loop {
+            let rows = store.audit_leaves(after, 10_000).await.map_err(|e| e.to_string())?;
+            if rows.is_empty() {
+                break;
+            }
+            for (seq, leaf) in rows {
+                if seq != after + 1 {
+                    return Err(format!("audit record {} is missing", after + 1));
+                }
+                let leaf = match leaf {
+                    Some(l) => l,
+                    None => {
+                        let e = store.audit_events(seq - 1, 1).await.map_err(|e| e.to_string())?;
+                        let e = e.first().ok_or("audit record vanished")?;
+                        let l = leaf_of(seq, &e.event)?;
+                        store.set_audit_leaf(seq, &l).await.map_err(|e| e.to_string())?;
+                        l
+                    }
+                };
+                tree.push(leaf.as_bytes()).map_err(|e| e.to_string())?;
+                after = seq;
+            }
+        }
+        let checkpoints = store.audit_checkpoints().await.map_err(|e| e.to_string())?;
+        let latest = match checkpoints.last() {
+            Some((size, _, note, _)) => {
+                let cp = Checkpoint::open(note, &key.vkey()).map_err(|e| e.to_string())?;
+                let size = u64::try_from(*size).map_err(|e| e.to_string())?;
+                if cp.size != size || tree.root(size).map_err(|e| e.to_string())? != cp.root {
+                    return Err(format!(
+                        "the audit records in the database no longer match the checkpoint signed at size {size}: \
+                         refusing to start (restore the database, or investigate tampering)"
+                    ));
+                }
+                Some(cp)
+            }
+            None => None,
+        };
+        Ok(AuditLog {
+            key,
+            tree: Mutex::new(tree),
+            latest: Mutex::new(latest),
+            queue: Mutex::new(Vec::new()),
+            writer: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Appends an event durably; returns its sequence number. Concurrent appends share one
+    /// transaction: whoever holds the writer lock writes everything queued.
+    pub async fn append(&self, store: &store::Store, event: store::AuditEvent, now: i64) -> ApiResult<i64> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push((event, tx));
+        {
+            let _writing = self.writer.lock().await;
+            let batch: Waiting = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+            if !batch.is_empty() {
+                self.write_batch(store, batch, now).await;
+            }
+        }
+        rx.await.map_err(internal)?.map_err(ApiError::Internal)
+    }
+
+    async fn write_batch(&self, store: &store::Store, batch: Waiting, now: i64) {
+        let (events, replies): (Vec<store::AuditEvent>, Vec<_>) = batch.into_iter().unzip();
+        // Leaves are made once, inside the transaction, and kept for the tree.
+        let leaves: Mutex<Vec<String>> = Mutex::new(Vec::with_capacity(events.len()));
+        let make = |seq: i64, e: &store::AuditEvent| -> Result<String, String> {
+            let l = leaf_of(seq, e)?;
+            leaves.lock().unwrap_or_else(|p| p.into_inner()).push(l.clone());
+            Ok(l)
+        };
+        let result = store.append_audit_batch(&events, &make).await;
+        match result {
+            Ok(seqs) => {
+                let leaves = leaves.into_inner().unwrap_or_else(|p| p.into_inner());
+                let mut failed = None;
+                {
+                    let mut tree = self.tree.lock().unwrap_or_else(|p| p.into_inner());
+                    for l in &leaves {
+                        if let Err(e) = tree.push(l.as_bytes()) {
+                            failed = Some(e.to_string());
+                        }
+                    }
+                }
+                for (seq, reply) in seqs.into_iter().zip(replies) {
+                    let _ = reply.send(match &failed {
+                        Some(e) => Err(e.clone()),
+                        None => Ok(seq),
+                    });
+                }
+                if let Err(e) = self.checkpoint_if_due(store, now).await {
+                    tracing::error!(error = %e, "could not sign an audit checkpoint");
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+
+    async fn checkpoint_if_due(&self, store: &store::Store, now: i64) -> ApiResult<()> {
+        let size = self.size();
+        let last = self.latest.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map_or(0, |c| c.size);
+        if size >= last + CHECKPOINT_RECORDS {
+            self.sign(store, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Records in the log.
+    pub fn size(&self) -> u64 {
+        self.tree.lock().unwrap_or_else(|p| p.into_inner()).size()
+    }
+
+    /// Signs a checkpoint of the whole log now, if it grew since the last one; returns the
+    /// latest checkpoint.
+    pub async fn checkpoint(&self, store: &store::Store, now: i64) -> ApiResult<Option<Checkpoint>> {
+        let _writing = self.writer.lock().await;
+        let size = self.size();
+        let last = self.latest().map_or(0, |c| c.size);
+        if size > last {
+            self.sign(store, now).await?;
+        }
+        Ok(self.latest())
+    }
+
+    /// Signs the current tree. Callers hold the writer lock or run inside a batch write.
+    async fn sign(&self, store: &store::Store, now: i64) -> ApiResult<()> {
+        let (size, root, consistent) = {
+            let tree = self.tree.lock().unwrap_or_else(|p| p.into_inner());
+            let size = tree.size();
+            let root = tree.root(size).map_err(internal)?;
+            // Never sign a tree that does not extend the last signed one.
+            let consistent = match &*self.latest.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some(c) => tree.root(c.size).map_err(internal)? == c.root,
+                None => true,
+            };
+            (size, root, consistent)
+        };
+        if !consistent {
+            return Err(ApiError::Internal("the audit tree does not extend the last signed checkpoint".into()));
+        }
+        let cp = self.key.sign_checkpoint(size, &root).map_err(internal)?;
+        store.insert_audit_checkpoint(size as i64, &hex::encode(root), &cp.note, now).await?;
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(cp);
+        Ok(())
+    }
+
+    /// The latest signed checkpoint.
+    pub fn latest(&self) -> Option<Checkpoint> {
+        self.latest.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The verifier key line.
+    pub fn vkey(&self) -> String {
+        self.key.vkey()
+    }
+
+    /// Proof that record `seq` is in the tree of `size` records.
+    pub fn inclusion_proof(&self, seq: u64, size: u64) -> ApiResult<(auditlog::Hash, Vec<auditlog::Hash>)> {
+        let tree = self.tree.lock().unwrap_or_else(|p| p.into_inner());
+        if seq == 0 {
+            return Err(ApiError::BadRequest("records are numbered from 1".into()));
+        }
+        let proof = tree.inclusion_proof(seq - 1, size).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        Ok((tree.root(size).map_err(internal)?, proof))
+    }
+
+    /// Proof that the tree of `old` records is a prefix of the tree of `new`.
+    pub fn consistency_proof(
+        &self,
+        old: u64,
+        new: u64,
+    ) -> ApiResult<(auditlog::Hash, auditlog::Hash, Vec<auditlog::Hash>)> {
+        let tree = self.tree.lock().unwrap_or_else(|p| p.into_inner());
+        let proof = tree.consistency_proof(old, new).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        Ok((tree.root(old).map_err(internal)?, tree.root(new).map_err(internal)?, proof))
+    }
+}
