@@ -1,6 +1,7 @@
 //! `strongroom-bench`: times the storage engine, and its peers (restic, borg, rustic) on the
 //! same data in the same run, and writes the figures as JSON.
 
+mod audit_bench;
 mod e2e;
 mod engine;
 mod identity_bench;
@@ -47,6 +48,21 @@ enum Cmd {
     ///   cargo build --release -p cli -p testkit -p bench
     ///   target/release/strongroom-bench e2e --data /tmp/strongroom-bench/data --out bench-results/e2e.json
     E2e(e2e::E2eArgs),
+    /// Durable audit appends per second and offline verification speed of an export.
+    Audit {
+        /// Appends to time.
+        #[arg(long, default_value_t = 100_000)]
+        appends: u64,
+        /// Concurrent appenders (the server's request handlers).
+        #[arg(long, default_value_t = 64)]
+        appenders: usize,
+        /// Records in the export to verify.
+        #[arg(long, default_value_t = 1_000_000)]
+        verify_records: u64,
+        /// Where to write the JSON results.
+        #[arg(long, default_value = "bench-results/audit.json")]
+        out: PathBuf,
+    },
     /// Passkey assertions and access tokens verified per second, on one core.
     Identity {
         /// Where to write the JSON results.
@@ -64,6 +80,9 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::E2e(args) => e2e::run(&args)?,
+        Cmd::Audit { appends, appenders, verify_records, out } => {
+            audit_bench::run(appends, appenders, verify_records, &out)?
+        }
         Cmd::Engine(args) => {
             let result = engine::run(&args)?;
             sys::write_json(&args.out, &result)?;

@@ -200,6 +200,23 @@ impl Api {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
+        let text = self.send(method, path, body).await?;
+        Ok(if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap_or_default() })
+    }
+
+    /// `GET path`, answered as text (signed notes, keys).
+    pub(crate) async fn get_text(&mut self, path: &str) -> anyhow::Result<String> {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    /// Sends a request, refreshing the stored login once on a 401; returns the body of a
+    /// success, or the server's error code and message.
+    async fn send(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<String> {
         let mut refreshed = false;
         loop {
             let mut req =
@@ -220,14 +237,10 @@ impl Api {
                 }
             }
             let text = resp.text().await.unwrap_or_default();
-            let json: serde_json::Value = if text.is_empty() {
-                serde_json::Value::Null
-            } else {
-                serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
-            };
             if status.is_success() {
-                return Ok(json);
+                return Ok(text);
             }
+            let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             let code = json["error"]["code"].as_str().unwrap_or("");
             let message = json["error"]["message"].as_str().unwrap_or("");
             if code == "auth.insufficient_user_authentication" {

@@ -1,6 +1,7 @@
 //! The `strongroom` command: runs the server and talks to it (login, whoami), plus offline
 //! administration on the server host.
 
+mod audit;
 mod client;
 mod remote;
 
@@ -158,6 +159,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The verifiable audit log: tail it, export it, verify an export offline.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Vaults: create, list, show.
     #[command(subcommand)]
     Vault(VaultCmd),
@@ -285,6 +289,49 @@ fn print_prune(r: &serde_json::Value, dry_run: bool) {
         n("bytes_freed") as f64 / 1e6,
         if dry_run { "would be freed" } else { "freed" }
     );
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Print the newest records (Auditor, Owner or Security Admin).
+    Tail {
+        /// How many of the newest records.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: i64,
+        /// Keep printing new records as they are appended.
+        #[arg(long)]
+        follow: bool,
+        /// Print each record as its canonical JSON (one per line, for a SIEM).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export the log up to a freshly signed checkpoint, for offline verification.
+    ///
+    /// Writes DIR/records.jsonl (each line exactly one Merkle leaf), DIR/checkpoint (the signed
+    /// checkpoint), DIR/checkpoints/<size> (earlier ones) and DIR/audit.vkey (the verifier key).
+    Export {
+        /// Directory to write (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify an export offline: tree, checkpoint signatures, consistency with a checkpoint you
+    /// saved earlier, and every passkey approval's signature. Exit 0 only if all holds.
+    #[command(
+        after_help = "Keep your own copy of the server's key (GET /api/v1/audit/key) and of each checkpoint you\nverified; pass them next time with --vkey and --trusted-checkpoint."
+    )]
+    Verify {
+        /// The export directory.
+        dir: PathBuf,
+        /// A checkpoint you saved earlier: the log must still contain exactly that tree.
+        #[arg(long)]
+        trusted_checkpoint: Option<PathBuf>,
+        /// Your own copy of the verifier key (instead of the export's audit.vkey).
+        #[arg(long)]
+        vkey: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -608,6 +655,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_prune(&v, dry_run);
             }
             Ok(())
+        }
+        Cmd::Audit(AuditCmd::Verify { dir, trusted_checkpoint, vkey, json }) => {
+            audit::verify(&dir, trusted_checkpoint.as_ref(), vkey.as_ref(), json)
+        }
+        Cmd::Audit(AuditCmd::Tail { lines, follow, json }) => {
+            let mut api = client::Api::new(cli.server.as_deref(), cli.token.as_deref())?;
+            audit::tail(&mut api, lines, follow, json).await
+        }
+        Cmd::Audit(AuditCmd::Export { out }) => {
+            let mut api = client::Api::new(cli.server.as_deref(), cli.token.as_deref())?;
+            audit::export(&mut api, &out).await
         }
         Cmd::Vault(cmd) => vault_cmd(cli.server.as_deref(), cli.token.as_deref(), cmd).await,
         Cmd::Role(cmd) => role_cmd(cli.server.as_deref(), cli.token.as_deref(), cmd).await,

@@ -349,6 +349,36 @@ fn restore_waits_for_another_persons_passkey_approval_then_restores_byte_identic
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(target.join("src/disk.img")).unwrap();
     assert!(m.blocks() * 512 < m.len() / 4, "holes were recreated");
+
+    // The whole story is in the audit log, and an auditor verifies it offline: the tree, the
+    // signed checkpoint and alice's passkey signature on this exact restore.
+    let export = s.dir.path().join("audit-export");
+    let out = client(&s, &owner, &["audit", "export", "--out", export.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let vkey = reqwest::blocking::get(format!("{}/api/v1/audit/key", s.base)).unwrap().text().unwrap();
+    let own_key = s.dir.path().join("my-copy.vkey");
+    std::fs::write(&own_key, vkey).unwrap();
+    let verify = |extra: &[&str]| {
+        strongroom().args(["audit", "verify", export.to_str().unwrap(), "--json"]).args(extra).output().unwrap()
+    };
+    let out = verify(&["--vkey", own_key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["report"]["approvals_verified"].as_u64().unwrap() >= 1, "{v}");
+    let kinds = std::fs::read_to_string(export.join("records.jsonl")).unwrap();
+    for kind in ["\"enroll\"", "\"backup.commit\"", "\"restore.request\"", "\"restore.approve\"", "\"restore.finish\""]
+    {
+        assert!(kinds.contains(kind), "{kind} is not in the log");
+    }
+    // Change one byte of one record: the verifier refuses and says where.
+    let tampered = kinds.replacen("\"outcome\":\"success\"", "\"outcome\":\"failure\"", 1);
+    std::fs::write(export.join("records.jsonl"), tampered).unwrap();
+    let out = verify(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(v["problem"]["record"].is_u64(), "{v}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does NOT verify"));
 }
 
 fn count_files(dir: &std::path::Path) -> usize {

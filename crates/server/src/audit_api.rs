@@ -49,8 +49,8 @@ pub(crate) struct Range {
     limit: Option<u32>,
 }
 
-/// `GET /api/v1/audit/records?after=SEQ&limit=N`: `{"records": ["<canonical JSON>", …], "next"}`;
-/// each string is exactly one leaf's bytes.
+/// `GET /api/v1/audit/records?after=SEQ&limit=N`: `{"records": ["<canonical JSON>", …], "next",
+/// "size"}`; each string is exactly one leaf's bytes; `size` is the log's length now.
 pub(crate) async fn records(
     State(state): St,
     p: Principal,
@@ -61,7 +61,7 @@ pub(crate) async fn records(
     let rows = state.store.audit_leaves(q.after.max(0), limit).await?;
     let next = rows.last().map(|(s, _)| *s);
     let leaves: Vec<String> = rows.into_iter().map(|(_, l)| l.unwrap_or_default()).collect();
-    Ok(Json(serde_json::json!({ "records": leaves, "next": next })))
+    Ok(Json(serde_json::json!({ "records": leaves, "next": next, "size": state.audit_log.size() })))
 }
 
 /// `GET /api/v1/audit/checkpoints`: every signed checkpoint, `{"checkpoints": [{"size", "note"}]}`.

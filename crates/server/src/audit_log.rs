@@ -129,12 +129,23 @@ impl AuditLog {
             Ok(seqs) => {
                 let leaves = leaves.into_inner().unwrap_or_else(|p| p.into_inner());
                 let mut failed = None;
-                {
+                let contiguous = {
                     let mut tree = self.tree.lock().unwrap_or_else(|p| p.into_inner());
-                    for l in &leaves {
-                        if let Err(e) = tree.push(l.as_bytes()) {
-                            failed = Some(e.to_string());
+                    let contiguous = seqs.first().is_some_and(|&s| s == tree.size() as i64 + 1);
+                    if contiguous {
+                        for l in &leaves {
+                            if let Err(e) = tree.push(l.as_bytes()) {
+                                failed = Some(e.to_string());
+                            }
                         }
+                    }
+                    contiguous
+                };
+                // Another process (an admin tool on the server host) appended meanwhile: the
+                // database's order is the log's order, so read everything new from it.
+                if !contiguous {
+                    if let Err(e) = self.catch_up(store).await {
+                        failed = Some(e);
                     }
                 }
                 for (seq, reply) in seqs.into_iter().zip(replies) {
@@ -164,6 +175,29 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Adds records other processes appended to the database since this tree last grew.
+    async fn catch_up(&self, store: &store::Store) -> Result<(), String> {
+        loop {
+            let after = self.size() as i64;
+            let rows = store.audit_leaves(after, 10_000).await.map_err(|e| e.to_string())?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut tree = self.tree.lock().unwrap_or_else(|p| p.into_inner());
+            for (seq, leaf) in rows {
+                let next = tree.size() as i64 + 1;
+                if seq < next {
+                    continue;
+                }
+                if seq > next {
+                    return Err(format!("audit record {next} is missing"));
+                }
+                let leaf = leaf.ok_or_else(|| format!("audit record {seq} has no leaf"))?;
+                tree.push(leaf.as_bytes()).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+
     /// Records in the log.
     pub fn size(&self) -> u64 {
         self.tree.lock().unwrap_or_else(|p| p.into_inner()).size()
@@ -173,6 +207,7 @@ impl AuditLog {
     /// latest checkpoint.
     pub async fn checkpoint(&self, store: &store::Store, now: i64) -> ApiResult<Option<Checkpoint>> {
         let _writing = self.writer.lock().await;
+        self.catch_up(store).await.map_err(ApiError::Internal)?;
         let size = self.size();
         let last = self.latest().map_or(0, |c| c.size);
         if size > last {
