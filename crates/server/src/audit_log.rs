@@ -12,6 +12,9 @@ use crate::error::{ApiError, ApiResult};
 /// A checkpoint is signed at least every this many records.
 pub const CHECKPOINT_RECORDS: u64 = 1000;
 
+/// ... and at least every this many seconds while the log grows.
+pub const CHECKPOINT_SECONDS: u64 = 60;
+
 /// Events waiting to be written, with where to send their sequence numbers.
 type Waiting = Vec<(store::AuditEvent, tokio::sync::oneshot::Sender<Result<i64, String>>)>;
 
@@ -103,10 +106,19 @@ impl AuditLog {
     /// Appends an event durably; returns its sequence number. Concurrent appends share one
     /// transaction: whoever holds the writer lock writes everything queued.
     pub async fn append(&self, store: &store::Store, event: store::AuditEvent, now: i64) -> ApiResult<i64> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).push((event, tx));
         {
             let _writing = self.writer.lock().await;
+            // Whoever held the lock before may have written this event already; then there is
+            // nothing to do (writing the few events queued since would make batches of one).
+            match rx.try_recv() {
+                Ok(done) => return done.map_err(ApiError::Internal),
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    return Err(ApiError::Internal("the audit writer dropped an event".into()))
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+            }
             let batch: Waiting = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
             if !batch.is_empty() {
                 self.write_batch(store, batch, now).await;

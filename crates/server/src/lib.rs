@@ -135,12 +135,30 @@ pub async fn first_start_link(state: &AppState) -> Result<Option<String>, error:
     Ok(Some(url))
 }
 
+/// Signs an audit checkpoint every [`audit_log::CHECKPOINT_SECONDS`] if the log grew (besides
+/// every [`audit_log::CHECKPOINT_RECORDS`] records); stops when the server state is gone.
+fn spawn_checkpointer(state: &Arc<AppState>) {
+    let weak = Arc::downgrade(state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(audit_log::CHECKPOINT_SECONDS));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(state) = weak.upgrade() else { return };
+            if let Err(e) = state.audit_log.checkpoint(&state.store, state.clock.now()).await {
+                tracing::error!(error = %e, "could not sign an audit checkpoint");
+            }
+        }
+    });
+}
+
 /// Serves until `shutdown` resolves.
 pub async fn serve(
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    spawn_checkpointer(&state);
     axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
@@ -155,6 +173,7 @@ pub async fn serve_tls(
     key_pem: &std::path::Path,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    spawn_checkpointer(&state);
     let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert_pem, key_pem).await?;
     let handle = axum_server::Handle::new();
     let h = handle.clone();

@@ -832,6 +832,14 @@ pub(crate) async fn token(State(state): St, Form(req): Form<TokenRequest>) -> Re
                     let p = crate::auth::live_session(&state, &session_id, now)
                         .await
                         .map_err(|_| grant_error("invalid_grant", "the session behind this token has ended"))?;
+                    audit(
+                        &state,
+                        "token.issue",
+                        &p.user.username,
+                        "success",
+                        serde_json::json!({"grant": "refresh_token", "sid": p.session.id}),
+                    )
+                    .await?;
                     token_response(&state, &p.session, Some(family_id)).await
                 }
                 store::RefreshUse::Reused { family_id } => {

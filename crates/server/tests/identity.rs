@@ -1141,3 +1141,34 @@ async fn retention_runs_on_the_servers_commit_times_and_prune_never_overlaps_a_b
     let kinds = s.audit_kinds().await;
     assert!(kinds.iter().any(|k| k == "vault.forget") && kinds.iter().any(|k| k == "vault.prune"), "{kinds:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_no_longer_matches_its_signed_checkpoint_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = server::ServerConfig::new(dir.path().join("data"), url::Url::parse("http://localhost:8440").unwrap());
+    {
+        let state = server::open_state(&config, server::Clock::default()).await.unwrap();
+        for i in 0..5 {
+            server::routes::audit(&state, "test.event", "tester", "success", json!({"i": i})).await.unwrap();
+        }
+        let cp = state.audit_log.checkpoint(&state.store, state.clock.now()).await.unwrap().unwrap();
+        assert_eq!(cp.size, 5);
+    }
+    assert!(server::open_state(&config, server::Clock::default()).await.is_ok(), "an untouched database opens");
+
+    let db = dir.path().join("data/metadata.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let leaf: String =
+        sqlx::query_scalar("SELECT leaf FROM audit_events WHERE seq = 3").fetch_one(&pool).await.unwrap();
+    // Someone with database access rewrites a record (keeping it valid canonical JSON).
+    let edited = leaf.replace("\"outcome\":\"success\"", "\"outcome\":\"refused\"");
+    assert_ne!(edited, leaf);
+    sqlx::query("UPDATE audit_events SET leaf = $1 WHERE seq = 3").bind(&edited).execute(&pool).await.unwrap();
+    let err = server::open_state(&config, server::Clock::default()).await.err().expect("tampering must be refused");
+    assert!(err.to_string().contains("no longer match"), "{err}");
+    // Putting it back restores the log; deleting the newest record is refused too.
+    sqlx::query("UPDATE audit_events SET leaf = $1 WHERE seq = 3").bind(&leaf).execute(&pool).await.unwrap();
+    assert!(server::open_state(&config, server::Clock::default()).await.is_ok());
+    sqlx::query("DELETE FROM audit_events WHERE seq = 5").execute(&pool).await.unwrap();
+    assert!(server::open_state(&config, server::Clock::default()).await.is_err(), "a truncated log is refused");
+}

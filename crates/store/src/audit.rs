@@ -57,24 +57,38 @@ impl Store {
             return Err(StoreError::Database("audit_head row is missing".into()));
         };
         let first = next - events.len() as i64;
-        let mut seqs = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            let seq = first + i as i64;
-            let leaf = leaf(seq, event).map_err(StoreError::Database)?;
-            sqlx::query(
-                "INSERT INTO audit_events (seq, event_time, kind, actor, outcome, details_json, leaf) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(seq)
-            .bind(event.time)
-            .bind(event.kind.as_str())
-            .bind(event.actor.as_str())
-            .bind(event.outcome.as_str())
-            .bind(event.details_json.as_str())
-            .bind(leaf)
-            .execute(&mut *tx)
-            .await?;
-            seqs.push(seq);
+        let seqs: Vec<i64> = (0..events.len() as i64).map(|i| first + i).collect();
+        let leaves = events
+            .iter()
+            .zip(&seqs)
+            .map(|(e, &seq)| leaf(seq, e))
+            .collect::<std::result::Result<Vec<String>, String>>()
+            .map_err(StoreError::Database)?;
+        // Many rows per statement: one round trip to the database for up to ROWS events.
+        const ROWS: usize = 500;
+        for (part, start) in events.chunks(ROWS).zip((0..).step_by(ROWS)) {
+            let values: Vec<String> = (0..part.len())
+                .map(|r| {
+                    let b = r * 7;
+                    format!("(${}, ${}, ${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7)
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO audit_events (seq, event_time, kind, actor, outcome, details_json, leaf) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for (i, event) in part.iter().enumerate() {
+                q = q
+                    .bind(seqs[start + i])
+                    .bind(event.time)
+                    .bind(event.kind.as_str())
+                    .bind(event.actor.as_str())
+                    .bind(event.outcome.as_str())
+                    .bind(event.details_json.as_str())
+                    .bind(leaves[start + i].as_str());
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(seqs)
