@@ -126,6 +126,28 @@ impl Server {
     }
 }
 
+/// Starts `strongroom … restore ARGS --target TARGET`; returns it, its stdout, and the approval
+/// URL it printed first.
+fn spawn_restore(
+    mut cmd: Command,
+    args: &[&str],
+    target: &std::path::Path,
+) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>, String) {
+    let mut child = cmd
+        .arg("restore")
+        .args(args)
+        .arg("--target")
+        .arg(target)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut url = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut url).unwrap();
+    (child, stdout, url.trim().to_string())
+}
+
 /// The software passkey file of whoever enrolled from `link` (one per link).
 fn key_path(s: &Server, link: &str) -> std::path::PathBuf {
     use std::hash::{Hash, Hasher};
@@ -292,18 +314,9 @@ fn restore_waits_for_another_persons_passkey_approval_then_restores_byte_identic
     .success());
 
     let target = s.dir.path().join("restored");
-    let mut restore = strongroom()
-        .env("XDG_CONFIG_HOME", s.dir.path())
-        .args(["--server", &s.base, "--token", &owner, "restore", "--vault", "prod", "latest", "--json", "--target"])
-        .arg(&target)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(restore.stdout.take().unwrap());
-    let mut url = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut url).unwrap();
-    let url = url.trim().to_string();
+    let mut cmd = strongroom();
+    cmd.env("XDG_CONFIG_HOME", s.dir.path()).args(["--server", &s.base, "--token", &owner]);
+    let (mut restore, mut stdout, url) = spawn_restore(cmd, &["--vault", "prod", "latest", "--json"], &target);
     assert!(url.starts_with(&format!("{}/approvals/", s.base)), "{url}");
     // Nothing is restored before the approval.
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -370,6 +383,11 @@ fn restore_waits_for_another_persons_passkey_approval_then_restores_byte_identic
     {
         assert!(kinds.contains(kind), "{kind} is not in the log");
     }
+    // People read the same log with `audit tail`.
+    let out = client(&s, &owner, &["audit", "tail", "-n", "500"]);
+    let tail = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && tail.lines().count() >= 20, "{tail}");
+    assert!(tail.contains("restore.approve") && tail.contains("[passkey-signed]"), "{tail}");
     // Change one byte of one record: the verifier refuses and says where.
     let tampered = kinds.replacen("\"outcome\":\"success\"", "\"outcome\":\"failure\"", 1);
     std::fs::write(export.join("records.jsonl"), tampered).unwrap();
@@ -564,18 +582,10 @@ fn an_approved_restore_outlives_two_second_access_tokens() {
     // Every access token the CLI holds is dead by now; it refreshes while it waits.
     std::thread::sleep(std::time::Duration::from_secs(3));
     let target = s.dir.path().join("restored");
-    let mut restore = strongroom()
-        .env("XDG_CONFIG_HOME", &owner_home)
-        .args(["--server", &s.base, "restore", "--vault", "prod", "latest", "--json", "--limit-download", "1"])
-        .arg("--target")
-        .arg(&target)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(restore.stdout.take().unwrap());
-    let mut url = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut url).unwrap();
+    let mut cmd = strongroom();
+    cmd.env("XDG_CONFIG_HOME", &owner_home).args(["--server", &s.base]);
+    let (mut restore, mut stdout, url) =
+        spawn_restore(cmd, &["--vault", "prod", "latest", "--json", "--limit-download", "1"], &target);
     std::thread::sleep(std::time::Duration::from_secs(3));
     softkey(&alice_key, &["approve", url.trim(), "--username", "alice"]);
     let approved = std::time::Instant::now();
