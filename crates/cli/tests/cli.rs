@@ -14,7 +14,9 @@ fn help_teaches_and_bad_usage_exits_2() {
     let out = strongroom().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["server", "login", "whoami", "vault", "role", "policy", "admin", "Exit codes"] {
+    for word in
+        ["server", "login", "whoami", "vault", "role", "policy", "audit", "forget", "prune", "admin", "Exit codes"]
+    {
         assert!(text.contains(word), "--help lacks {word}");
     }
     assert_eq!(strongroom().arg("frobnicate").output().unwrap().status.code(), Some(2));
