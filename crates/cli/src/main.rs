@@ -217,6 +217,15 @@ struct ServerArgs {
     /// keeps everything before its last checkpoint [default: 8].
     #[arg(long, env = "STRONGROOM_CHECKPOINT_PACKS")]
     checkpoint_packs: Option<usize>,
+    /// Where the master key comes from: `file` (DATA/keys/master.key, 0600, made on first
+    /// start), `env` (64 hex digits in STRONGROOM_MASTER_KEY) or `passphrase` (Argon2id of
+    /// STRONGROOM_MASTER_PASSPHRASE or --master-passphrase-file) [default: file]. A data
+    /// directory keeps the source it was set up with.
+    #[arg(long, env = "STRONGROOM_MASTER_KEY_SOURCE", value_parser = ["file", "env", "passphrase"])]
+    master_key_source: Option<String>,
+    /// File holding the master passphrase (with --master-key-source passphrase).
+    #[arg(long, env = "STRONGROOM_MASTER_PASSPHRASE_FILE")]
+    master_passphrase_file: Option<PathBuf>,
 }
 
 /// Settings after merging flags, environment, config file and defaults.
@@ -229,6 +238,8 @@ struct Settings {
     attestation_roots: Vec<PathBuf>,
     access_token_seconds: i64,
     checkpoint_packs: usize,
+    master_key_source: String,
+    master_passphrase_file: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -265,8 +276,40 @@ impl ServerArgs {
                 .or(file.access_token_seconds)
                 .unwrap_or(identity::token::ACCESS_TOKEN_SECONDS),
             checkpoint_packs: self.checkpoint_packs.or(file.checkpoint_packs).unwrap_or(repo::writer::CHECKPOINT_PACKS),
+            master_key_source: self.master_key_source.or(file.master_key_source).unwrap_or_else(|| "file".to_string()),
+            master_passphrase_file: self.master_passphrase_file.or(file.master_passphrase_file),
         })
     }
+}
+
+/// The master key source named `kind`, its secret read from the environment or a file (never
+/// from the command line, where other users could see it).
+fn master_source(
+    data_dir: &std::path::Path,
+    kind: &str,
+    passphrase_file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<repo::crypto::MasterSource>> {
+    use repo::crypto::MasterSource;
+    Ok(match kind {
+        "file" => None,
+        "env" => Some(MasterSource::Hex(
+            std::env::var("STRONGROOM_MASTER_KEY")
+                .context("--master-key-source env needs STRONGROOM_MASTER_KEY (64 hex digits)")?,
+        )),
+        "passphrase" => {
+            let passphrase = match passphrase_file {
+                Some(f) => std::fs::read_to_string(f)
+                    .with_context(|| format!("reading {}", f.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+                None => std::env::var("STRONGROOM_MASTER_PASSPHRASE").context(
+                    "--master-key-source passphrase needs STRONGROOM_MASTER_PASSPHRASE or --master-passphrase-file",
+                )?,
+            };
+            Some(MasterSource::Passphrase { passphrase, kdf_file: data_dir.join("keys/master.kdf") })
+        }
+        other => bail!("--master-key-source is file, env or passphrase, not {other}"),
+    })
 }
 
 fn positive_rate(s: &str) -> Result<f64, String> {
@@ -474,7 +517,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     Err(_) => url::Url::parse("http://localhost:8440")?,
                 },
             };
-            let config = server::ServerConfig::new(data_dir, public_url);
+            let kind = std::env::var("STRONGROOM_MASTER_KEY_SOURCE").unwrap_or_else(|_| "file".into());
+            let passphrase_file = std::env::var_os("STRONGROOM_MASTER_PASSPHRASE_FILE").map(PathBuf::from);
+            let master = master_source(&data_dir, &kind, passphrase_file.as_deref())?;
+            let config = server::ServerConfig { master, ..server::ServerConfig::new(data_dir, public_url) };
             let state = server::open_state(&config, server::Clock::default()).await?;
             let existing = state.store.user_by_name(&user).await?;
             let (role, uid) = match existing {
@@ -727,6 +773,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         attestation_roots: args.attestation_roots.clone(),
         access_token_seconds: args.access_token_seconds,
         checkpoint_packs: args.checkpoint_packs,
+        master: master_source(&args.data_dir, &args.master_key_source, args.master_passphrase_file.as_deref())?,
         ..server::ServerConfig::new(args.data_dir.clone(), args.public_url.clone())
     };
     let state = Arc::new(server::open_state(&config, server::Clock::default()).await?);

@@ -604,3 +604,44 @@ fn an_approved_restore_outlives_two_second_access_tokens() {
     assert!(summary["bytes"].as_u64().unwrap() >= 6 << 20, "{summary}");
     testkit::assert_trees_equal(&src, &target.join("src"));
 }
+
+#[test]
+fn the_master_key_can_come_from_the_environment_and_never_touches_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = |key: Option<&str>| {
+        let mut c = strongroom();
+        c.env("STRONGROOM_MASTER_KEY_SOURCE", "env").env_remove("STRONGROOM_MASTER_KEY");
+        if let Some(k) = key {
+            c.env("STRONGROOM_MASTER_KEY", k);
+        }
+        c.args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--public-url",
+            &format!("http://localhost:{port}"),
+        ])
+        .arg("--data-dir")
+        .arg(&data);
+        c
+    };
+    let mut child = server(Some(&"ab".repeat(32))).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut link = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut link).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(link.contains("/enroll/"), "{link}");
+    assert!(!data.join("keys/master.key").exists() && data.join("keys/master.check").exists());
+    let out = server(None).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("STRONGROOM_MASTER_KEY"));
+    let out = server(Some(&"cd".repeat(32))).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not match"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -154,6 +154,118 @@ impl MasterKey {
     }
 }
 
+/// Where the master key comes from.
+#[derive(Clone)]
+pub enum MasterSource {
+    /// A key file of 64 hex digits, mode 0600, created on first use.
+    File(std::path::PathBuf),
+    /// 64 hex digits handed over directly (an environment variable on the server host).
+    Hex(String),
+    /// A passphrase stretched with Argon2id; salt and cost live in `kdf_file` (not secret),
+    /// created on first use.
+    Passphrase {
+        /// The passphrase.
+        passphrase: String,
+        /// Where the Argon2id salt and parameters are kept.
+        kdf_file: std::path::PathBuf,
+    },
+}
+
+impl std::fmt::Debug for MasterSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.write_str(self.kind())
+    }
+}
+
+impl MasterSource {
+    /// `file`, `env` or `passphrase`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MasterSource::File(_) => "file",
+            MasterSource::Hex(_) => "env",
+            MasterSource::Passphrase { .. } => "passphrase",
+        }
+    }
+}
+
+/// Argon2id settings of a passphrase-derived master key (OWASP's recommended minimum cost is
+/// m = 19 MiB, t = 2; these are above it).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KdfFile {
+    kdf: String,
+    m_kib: u32,
+    t: u32,
+    p: u32,
+    salt: String,
+}
+
+const CHECK_AAD: &[u8] = b"strongroom master check v1";
+
+impl MasterKey {
+    /// The key from 64 hex digits.
+    pub fn from_hex(text: &str) -> Result<MasterKey> {
+        let mut k = [0u8; 32];
+        hex::decode_to_slice(text.trim(), &mut k)
+            .map_err(|_| Error::Invalid("a master key is 64 hex digits (32 bytes)".into()))?;
+        Ok(MasterKey(Key(k)))
+    }
+
+    /// The key stretched from `passphrase` with Argon2id; the salt and cost are read from
+    /// `kdf_file`, or chosen and written there (0600) the first time.
+    pub fn from_passphrase(passphrase: &str, kdf_file: &Path, rng: &mut impl CryptoRngCore) -> Result<MasterKey> {
+        if passphrase.chars().count() < 12 {
+            return Err(Error::Invalid("a master passphrase has at least 12 characters".into()));
+        }
+        let kdf: KdfFile = match std::fs::read(kdf_file) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| Error::Invalid(format!("{}: {e}", kdf_file.display())))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut salt = [0u8; 16];
+                rng.fill_bytes(&mut salt);
+                let kdf = KdfFile { kdf: "argon2id".into(), m_kib: 65536, t: 3, p: 1, salt: hex::encode(salt) };
+                let json = serde_json::to_vec_pretty(&kdf).map_err(|e| Error::Invalid(e.to_string()))?;
+                write_secret_file(kdf_file, &json)?;
+                kdf
+            }
+            Err(e) => return Err(Error::io(kdf_file, e)),
+        };
+        if kdf.kdf != "argon2id" {
+            return Err(Error::Invalid(format!("{}: unknown key derivation {}", kdf_file.display(), kdf.kdf)));
+        }
+        let salt = hex::decode(&kdf.salt).map_err(|_| Error::Invalid(format!("{}: bad salt", kdf_file.display())))?;
+        let params = argon2::Params::new(kdf.m_kib, kdf.t, kdf.p, Some(32))
+            .map_err(|e| Error::Invalid(format!("{}: {e}", kdf_file.display())))?;
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut k = [0u8; 32];
+        argon
+            .hash_password_into(passphrase.as_bytes(), &salt, &mut k)
+            .map_err(|e| Error::Invalid(format!("key derivation: {e}")))?;
+        Ok(MasterKey(Key(k)))
+    }
+
+    /// Opens the key from `source`.
+    pub fn open(source: &MasterSource, rng: &mut impl CryptoRngCore) -> Result<MasterKey> {
+        match source {
+            MasterSource::File(path) => Self::load_or_create(path, rng),
+            MasterSource::Hex(text) => Self::from_hex(text),
+            MasterSource::Passphrase { passphrase, kdf_file } => Self::from_passphrase(passphrase, kdf_file, rng),
+        }
+    }
+
+    /// A check value (hex): a constant sealed under this key. It reveals nothing about the key
+    /// and lets a later start tell whether it has the same key.
+    pub fn check_value(&self, rng: &mut impl CryptoRngCore) -> String {
+        hex::encode(self.0.wrap(&Key([0; 32]), CHECK_AAD, rng))
+    }
+
+    /// Whether `check` (from [`MasterKey::check_value`]) was made with this key.
+    pub fn matches(&self, check: &str) -> bool {
+        hex::decode(check.trim()).ok().is_some_and(|w| self.0.unwrap_key(&w, CHECK_AAD, "master check").is_ok())
+    }
+}
+
 /// Writes `data` to a new file readable only by its owner (mode 0600), durably.
 pub fn write_secret_file(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
@@ -176,6 +288,25 @@ pub fn write_secret_file(path: &Path, data: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
     use rand_core::OsRng;
+
+    #[test]
+    fn master_keys_from_hex_and_passphrase_check_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = MasterKey::from_hex(&"ab".repeat(32)).unwrap();
+        assert!(MasterKey::from_hex("abc").is_err());
+        let check = a.check_value(&mut OsRng);
+        assert!(a.matches(&check));
+        assert!(!MasterKey::from_hex(&"cd".repeat(32)).unwrap().matches(&check));
+        let kdf = dir.path().join("master.kdf");
+        let p1 = MasterKey::from_passphrase("correct horse battery", &kdf, &mut OsRng).unwrap();
+        let p2 = MasterKey::from_passphrase("correct horse battery", &kdf, &mut OsRng).unwrap();
+        assert_eq!(p1.0.expose(), p2.0.expose(), "same passphrase and salt, same key");
+        let wrong = MasterKey::from_passphrase("correct horse battery!", &kdf, &mut OsRng).unwrap();
+        assert!(!wrong.matches(&p1.check_value(&mut OsRng)));
+        assert!(MasterKey::from_passphrase("short", &kdf, &mut OsRng).is_err());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&kdf).unwrap().permissions().mode() & 0o777, 0o600);
+    }
 
     #[test]
     fn wrap_unwrap_and_tamper_detection() {

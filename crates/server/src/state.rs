@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub access_token_seconds: i64,
     /// Packs a backup uploads between index checkpoints (what an interrupted backup keeps).
     pub checkpoint_packs: usize,
+    /// Where the master key comes from (default: the key file `keys/master.key`).
+    pub master: Option<repo::crypto::MasterSource>,
 }
 
 impl ServerConfig {
@@ -72,6 +74,7 @@ impl ServerConfig {
             attestation_roots: Vec::new(),
             access_token_seconds: identity::token::ACCESS_TOKEN_SECONDS,
             checkpoint_packs: repo::writer::CHECKPOINT_PACKS,
+            master: None,
         }
     }
 }
@@ -142,9 +145,7 @@ pub async fn open_state(config: &ServerConfig, clock: Clock) -> Result<AppState,
         }
     }
     let store = Store::open_sqlite(&dir.join("metadata.db")).await?;
-    let master_path = dir.join("keys/master.key");
-    let master_key = repo::crypto::MasterKey::load_or_create(&master_path, &mut rand_core::OsRng)
-        .map_err(|e| StartError::Config(format!("{}: {e}", master_path.display())))?;
+    let master_key = open_master_key(dir, config)?;
     let keys_path = dir.join("keys/token-signing.json");
     let keys: Vec<StoredKey> = match std::fs::read(&keys_path) {
         Ok(bytes) => {
@@ -189,6 +190,60 @@ pub async fn open_state(config: &ServerConfig, clock: Clock) -> Result<AppState,
         checkpoint_packs: config.checkpoint_packs,
         audit_log,
     })
+}
+
+/// Opens the master key from the configured source and checks it against `keys/master.check`
+/// (written on first start): a data directory is never used with another key, and a source
+/// other than the one it was set up with is refused before any key file is created.
+fn open_master_key(dir: &Path, config: &ServerConfig) -> Result<repo::crypto::MasterKey, StartError> {
+    use repo::crypto::{MasterKey, MasterSource};
+    let source = config.master.clone().unwrap_or_else(|| MasterSource::File(dir.join("keys/master.key")));
+    let check_path = dir.join("keys/master.check");
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Check {
+        source: String,
+        check: String,
+    }
+    let recorded: Option<Check> = match std::fs::read(&check_path) {
+        Ok(b) => {
+            Some(serde_json::from_slice(&b).map_err(|e| StartError::Config(format!("{}: {e}", check_path.display())))?)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(StartError::Io(check_path, e)),
+    };
+    if let Some(r) = &recorded {
+        if r.source != source.kind() {
+            return Err(StartError::Config(format!(
+                "this data directory's master key comes from the {} source, not {}: start with --master-key-source {}",
+                r.source,
+                source.kind(),
+                r.source
+            )));
+        }
+    }
+    if let (Some(_), MasterSource::File(path)) = (&recorded, &source) {
+        if !path.exists() {
+            return Err(StartError::Config(format!(
+                "{} is missing: this data directory's data is encrypted under it; restore it from your key backup",
+                path.display()
+            )));
+        }
+    }
+    let key = MasterKey::open(&source, &mut rand_core::OsRng)
+        .map_err(|e| StartError::Config(format!("master key ({}): {e}", source.kind())))?;
+    match recorded {
+        Some(r) if !key.matches(&r.check) => Err(StartError::Config(format!(
+            "the master key from the {} source does not match this data directory (wrong key or passphrase): refusing to start",
+            source.kind()
+        ))),
+        Some(_) => Ok(key),
+        None => {
+            let c = Check { source: source.kind().to_string(), check: key.check_value(&mut rand_core::OsRng) };
+            let json = serde_json::to_vec_pretty(&c).map_err(|e| StartError::Config(e.to_string()))?;
+            write_private(&check_path, &json)?;
+            Ok(key)
+        }
+    }
 }
 
 /// The audit log's name (checkpoint origin): the public URL's host, port and `/audit`.

@@ -1172,3 +1172,43 @@ async fn a_database_that_no_longer_matches_its_signed_checkpoint_is_refused_at_s
     sqlx::query("DELETE FROM audit_events WHERE seq = 5").execute(&pool).await.unwrap();
     assert!(server::open_state(&config, server::Clock::default()).await.is_err(), "a truncated log is refused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_keys_from_env_or_passphrase_and_a_data_directory_never_changes_key() {
+    use repo::crypto::MasterSource;
+    let open = |dir: &std::path::Path, master: Option<MasterSource>| {
+        let config = server::ServerConfig {
+            master,
+            ..server::ServerConfig::new(dir.join("data"), url::Url::parse("http://localhost:8440").unwrap())
+        };
+        async move { server::open_state(&config, server::Clock::default()).await.map(|_| ()).map_err(|e| e.to_string()) }
+    };
+    // From an environment variable: no key file is ever written.
+    let d = tempfile::tempdir().unwrap();
+    let hex_a = "ab".repeat(32);
+    open(d.path(), Some(MasterSource::Hex(hex_a.clone()))).await.unwrap();
+    assert!(!d.path().join("data/keys/master.key").exists());
+    open(d.path(), Some(MasterSource::Hex(hex_a))).await.unwrap();
+    let e = open(d.path(), Some(MasterSource::Hex("cd".repeat(32)))).await.unwrap_err();
+    assert!(e.contains("does not match"), "{e}");
+    let e = open(d.path(), None).await.unwrap_err();
+    assert!(e.contains("env source") && !d.path().join("data/keys/master.key").exists(), "{e}");
+
+    // From a passphrase (Argon2id; salt and cost kept beside the keys).
+    let d = tempfile::tempdir().unwrap();
+    let kdf = d.path().join("data/keys/master.kdf");
+    let pass = |p: &str| Some(MasterSource::Passphrase { passphrase: p.into(), kdf_file: kdf.clone() });
+    open(d.path(), pass("a long enough passphrase")).await.unwrap();
+    assert!(kdf.exists());
+    open(d.path(), pass("a long enough passphrase")).await.unwrap();
+    let e = open(d.path(), pass("a long enough passphrasE")).await.unwrap_err();
+    assert!(e.contains("wrong key or passphrase"), "{e}");
+
+    // The default key file: created 0600 on first start, then required to match.
+    let d = tempfile::tempdir().unwrap();
+    open(d.path(), None).await.unwrap();
+    std::fs::remove_file(d.path().join("data/keys/master.key")).unwrap();
+    let e = open(d.path(), None).await.unwrap_err();
+    assert!(e.contains("is missing"), "a lost key file is not silently replaced: {e}");
+    assert!(!d.path().join("data/keys/master.key").exists());
+}
