@@ -417,7 +417,7 @@ pub(crate) async fn status(
             )
             .await?;
             Ok(Json(
-                serde_json::json!({ "status": "approved", "grant": grant, "grant_expires_at": now + GRANT_SECONDS, "digest": a.digest }),
+                serde_json::json!({ "status": "approved", "grant": grant, "grant_expires_at": (now + GRANT_SECONDS).min(p.session.expires_at), "digest": a.digest }),
             ))
         }
         "pending" if a.expires_at <= now => Ok(Json(serde_json::json!({ "status": "expired" }))),
@@ -458,8 +458,10 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for GrantHolder {
         if a.status != "consumed" || a.kind != "restore" || a.approved_at.unwrap_or(0) + GRANT_SECONDS <= now {
             return Err(ApiError::Unauthenticated);
         }
-        let user = state.store.user_by_id(&a.requester_id).await?.ok_or(ApiError::Unauthenticated)?;
-        if user.disabled || user.expires_at.is_some_and(|t| t <= now) {
+        // The grant lives on the requester's session: it ends with the account, the session or
+        // the credential that signed the session in (revocation ends its sessions).
+        let p = crate::auth::live_session(state, &a.requester_session, now).await?;
+        if p.user.id != a.requester_id {
             return Err(ApiError::Unauthenticated);
         }
         let operation: RestoreOperation = serde_json::from_str(&a.operation_json).map_err(internal)?;

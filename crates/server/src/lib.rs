@@ -67,6 +67,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/restores/{id}/chunks", post(approvals::chunks))
         .route("/restores/{id}/done", post(approvals::done))
         .route("/users/{username}/disable", post(disable_user))
+        .route("/users/{username}/expiry", post(routes::set_user_expiry))
         .route("/audit/key", get(audit_api::key))
         .route("/audit/checkpoint", get(audit_api::checkpoint))
         .route("/audit/checkpoints", get(audit_api::checkpoints))

@@ -409,7 +409,8 @@ async fn new_session(
         amr: serde_json::to_string(&strength.amr()).map_err(internal)?,
         acr: strength.acr().to_string(),
         created_at: now,
-        expires_at: now + lifetime,
+        // A session never outlives the account behind it.
+        expires_at: user.expires_at.map_or(now + lifetime, |t| t.min(now + lifetime)),
         revoked_at: None,
     };
     state.store.create_session(&session).await?;
@@ -663,6 +664,38 @@ pub(crate) async fn disable_user(
     state.store.set_user_disabled(&user.id, true).await?;
     state.store.revoke_sessions_of_user(&user.id, now).await?;
     audit(&state, "user.disable", &p.user.username, "success", serde_json::json!({"user": username})).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Expiry {
+    /// Unix seconds, or null for none.
+    expires_at: Option<i64>,
+}
+
+/// `POST /api/v1/users/{username}/expiry` `{"expires_at": unix | null}` (Owner): the account
+/// stops working then; sessions, tokens and restore grants never outlive it.
+pub(crate) async fn set_user_expiry(
+    State(state): St,
+    p: Principal,
+    Path(username): Path<String>,
+    Json(body): Json<Expiry>,
+) -> ApiResult<StatusCode> {
+    require_owner(&state, &p, "set account expiry").await?;
+    let user =
+        state.store.user_by_name(&username).await?.ok_or_else(|| ApiError::NotFound(format!("no user {username}")))?;
+    if user.id == p.user.id {
+        return Err(ApiError::Conflict("you cannot set your own account's expiry".into()));
+    }
+    state.store.set_user_expiry(&user.id, body.expires_at).await?;
+    audit(
+        &state,
+        "user.expiry",
+        &p.user.username,
+        "success",
+        serde_json::json!({"user": username, "expires_at": body.expires_at}),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
