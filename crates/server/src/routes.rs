@@ -648,18 +648,31 @@ pub(crate) async fn list_users(State(state): St, p: Principal) -> ApiResult<Json
     Ok(Json(serde_json::json!({ "users": out })))
 }
 
+/// The account an Owner acts on with `what`: it exists and is not the Owner's own (no one
+/// disables or limits themselves by accident).
+async fn other_user(
+    state: &AppState,
+    p: &Principal,
+    username: &str,
+    what: &str,
+    refusal: &str,
+) -> ApiResult<store::User> {
+    require_owner(state, p, what).await?;
+    let user =
+        state.store.user_by_name(username).await?.ok_or_else(|| ApiError::NotFound(format!("no user {username}")))?;
+    if user.id == p.user.id {
+        return Err(ApiError::Conflict(refusal.to_string()));
+    }
+    Ok(user)
+}
+
 /// `POST /api/v1/users/{username}/disable` (owners): the user's sessions and tokens end at once.
 pub(crate) async fn disable_user(
     State(state): St,
     p: Principal,
     Path(username): Path<String>,
 ) -> ApiResult<StatusCode> {
-    require_owner(&state, &p, "disable users").await?;
-    let user =
-        state.store.user_by_name(&username).await?.ok_or_else(|| ApiError::NotFound(format!("no user {username}")))?;
-    if user.id == p.user.id {
-        return Err(ApiError::Conflict("you cannot disable yourself".into()));
-    }
+    let user = other_user(&state, &p, &username, "disable users", "you cannot disable yourself").await?;
     let now = state.clock.now();
     state.store.set_user_disabled(&user.id, true).await?;
     state.store.revoke_sessions_of_user(&user.id, now).await?;
@@ -681,12 +694,8 @@ pub(crate) async fn set_user_expiry(
     Path(username): Path<String>,
     Json(body): Json<Expiry>,
 ) -> ApiResult<StatusCode> {
-    require_owner(&state, &p, "set account expiry").await?;
     let user =
-        state.store.user_by_name(&username).await?.ok_or_else(|| ApiError::NotFound(format!("no user {username}")))?;
-    if user.id == p.user.id {
-        return Err(ApiError::Conflict("you cannot set your own account's expiry".into()));
-    }
+        other_user(&state, &p, &username, "set account expiry", "you cannot set your own account's expiry").await?;
     state.store.set_user_expiry(&user.id, body.expires_at).await?;
     audit(
         &state,
