@@ -413,6 +413,16 @@ enum VaultCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Rotate the vault's key-encryption key (Owner or Security Admin): a new version for all
+    /// new data, and every existing pack's data key rewrapped under it — no data re-encrypted.
+    /// Refused while a backup or restore uses the vault.
+    RotateKey {
+        /// Vault name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -875,6 +885,17 @@ async fn vault_cmd(server: Option<&str>, token: Option<&str>, cmd: VaultCmd) -> 
                 println!("{}", serde_json::to_string_pretty(&v)?)
             } else {
                 print_vault(&v)
+            }
+        }
+        VaultCmd::RotateKey { name, json } => {
+            let v = api.call(reqwest::Method::POST, &format!("/api/v1/vaults/{name}/rotate-key"), None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?)
+            } else {
+                println!(
+                    "{name}: key version {} now encrypts new data; {} packs' data keys rewrapped (versions kept: {})",
+                    v["new_version"], v["packs_rewrapped"], v["versions"]
+                );
             }
         }
     }

@@ -254,6 +254,17 @@ fn backup_through_the_server_stores_exactly_the_files_and_the_next_backup_reads_
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["blobs_removed"], 0, "nothing left to prune: {report}");
     assert!(client(&s, &token, &["check", "--vault", "lab", "--read-data"]).status.success());
+
+    // Key rotation: new data under version 2, old packs rewrapped, everything still reads.
+    let rotated = json_of(&client(&s, &token, &["vault", "rotate-key", "lab", "--json"]));
+    assert_eq!(rotated["new_version"], 2, "{rotated}");
+    std::fs::write(src.join("after-rotation.txt"), b"written under the new key").unwrap();
+    let third = json_of(&client(&s, &token, &["backup", "--vault", "lab", "--json", src.to_str().unwrap()]));
+    assert!(client(&s, &token, &["check", "--vault", "lab", "--read-data"]).status.success());
+    let r = open_vault(&s, "lab");
+    assert_eq!(r.current_kek().0, 2);
+    assert!(r.index().packs().iter().all(|p| p.kek_version == 2));
+    assert_snapshot_restores(&r, third["snapshot_id"].as_str().unwrap(), &src, &s.dir.path().join("r3"));
 }
 
 #[test]

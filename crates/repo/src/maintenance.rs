@@ -318,6 +318,59 @@ fn index_pack_entries(index: &Index, pos: u32, meta: &crate::index::PackMeta) ->
     rec
 }
 
+/// What key rotation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RotateReport {
+    /// The new key-encryption key version (used by everything written from now on).
+    pub new_version: u32,
+    /// Packs whose data key was rewrapped under it.
+    pub packs_rewrapped: usize,
+    /// Key versions that still exist (older ones stay until retired).
+    pub versions: Vec<u32>,
+}
+
+/// Rotates the key-encryption key: writes version N+1, then rewraps every indexed pack's data
+/// key under it — the data is not re-encrypted; only the 60-byte wrappings change, in one new
+/// index file that supersedes the others (the crash-safe order of `prune`). Takes the
+/// repository by value: the object is stale afterwards, open the repository again to write
+/// with the new version. Must not run while a backup writes (the server serialises them).
+pub fn rotate_key(repo: Repository, master: &crate::crypto::MasterKey, now: OffsetDateTime) -> Result<RotateReport> {
+    if let Some(e) = repo.index_errors().first() {
+        return Err(Error::Invalid(format!(
+            "refusing to rotate: an index file is unreadable ({e}); run `repair index` first"
+        )));
+    }
+    let (version, kek) = repo.add_kek(master, now)?;
+    let mut rng = repo.rng.clone();
+    let all_index_files: Vec<Id> = repo
+        .backend()
+        .list("index")?
+        .into_iter()
+        .filter_map(|(n, _)| n.strip_prefix("index/").and_then(Id::from_hex))
+        .collect();
+    let mut file = IndexFile { packs: Vec::new(), supersedes: all_index_files };
+    let count = repo.index().packs().len();
+    for pos in 0..count as u32 {
+        let Some(meta) = repo.index().pack(pos).cloned() else { continue };
+        let dek = repo.data_key(pos)?;
+        let wrapped = kek.wrap(&dek, pack::PACK_KEY_AAD, &mut rng);
+        let meta = crate::index::PackMeta { kek_version: version, wrapped, ..meta };
+        let index = repo.index();
+        file.packs.push(index_pack_entries(&index, pos, &meta));
+    }
+    let packs_rewrapped = file.packs.len();
+    let old_files = file.supersedes.clone();
+    repo.write_index_file(&file)?;
+    repo.backend().sync()?;
+    for id in &old_files {
+        repo.backend().delete(&index_name(id))?;
+    }
+    repo.backend().sync()?;
+    let mut versions = repo.kek_versions();
+    versions.push(version);
+    Ok(RotateReport { new_version: version, packs_rewrapped, versions })
+}
+
 /// Findings of `repair index`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RepairReport {

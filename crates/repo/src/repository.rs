@@ -294,6 +294,25 @@ impl Repository {
         self.dek_cache.write().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
+    /// Writes key-encryption key version `newest + 1` (wrapped by `master`, authenticated) and
+    /// returns it. This repository object keeps using its current version; a repository opened
+    /// afterwards writes with the new one.
+    pub(crate) fn add_kek(&self, master: &MasterKey, now: OffsetDateTime) -> Result<(u32, Key)> {
+        let v = self.kek_versions().into_iter().max().unwrap_or(0) + 1;
+        let mut rng = self.rng.clone();
+        let kek = Key::generate(&mut rng);
+        let file = KekFile {
+            version: v,
+            created: now,
+            key: wrap_with_master(master, &kek, &kek_aad(v), &mut rng),
+            mac: String::new(),
+        };
+        let file = authenticate(master, file);
+        self.backend.put(&kek_name(v), Bytes::from(erased_json::Json::json(&file)))?;
+        self.backend.sync()?;
+        Ok((v, kek))
+    }
+
     /// The repository's settings.
     pub fn config(&self) -> &Config {
         &self.config

@@ -168,6 +168,25 @@ pub async fn open_repo(state: &AppState, vault: &str) -> ApiResult<Arc<Repositor
     Ok(map.entry(vault.to_string()).or_insert(repo).clone())
 }
 
+/// Forgets the open repository of `vault`: the next request opens it again (after a key
+/// rotation, whose new version only a fresh open knows).
+pub(crate) fn evict_repo(state: &AppState, vault: &str) {
+    state.vaults.repos.lock().unwrap_or_else(|p| p.into_inner()).remove(vault);
+}
+
+/// Opens a vault's repository afresh, bypassing the shared one (for operations that consume it).
+pub(crate) async fn open_fresh(state: &AppState, vault: &str) -> ApiResult<Repository> {
+    let dir = state.data_dir.join("vaults").join(vault);
+    let master = state.master_key.clone();
+    tokio::task::spawn_blocking(move || -> Result<Repository, repo::Error> {
+        let backend = Arc::new(repo::ObjectStoreBackend::local(&dir)?);
+        Repository::open(backend, &master, repo::SharedRng::os())
+    })
+    .await
+    .map_err(internal)?
+    .map_err(repo_err)
+}
+
 pub(crate) async fn vault_policy(state: &AppState, name: &str) -> ApiResult<VaultPolicy> {
     let v = state.store.vault(name).await?.ok_or_else(|| ApiError::NotFound(format!("no vault {name}")))?;
     serde_json::from_str(&v.policy_json).map_err(internal)

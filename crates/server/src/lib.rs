@@ -53,6 +53,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/vaults/{name}/check", post(backups::check))
         .route("/vaults/{name}/forget", post(retention::forget))
         .route("/vaults/{name}/prune", post(retention::prune))
+        .route("/vaults/{name}/rotate-key", post(retention::rotate_key))
         .route("/vaults/{name}/trees/{id}", get(backups::tree))
         .route("/vaults/{name}/trees", post(backups::trees))
         .route("/backups/{id}/missing", post(backups::missing))

@@ -12,7 +12,7 @@ use repo::maintenance::{PruneOptions, Retention};
 use serde::Deserialize;
 
 use crate::auth::Principal;
-use crate::backups::{begin_maintenance, open_repo, vault_policy};
+use crate::backups::{begin_maintenance, evict_repo, open_fresh, open_repo, vault_policy};
 use crate::error::{ApiError, ApiResult};
 use crate::routes::audit;
 use crate::state::AppState;
@@ -154,4 +154,31 @@ async fn run_prune(
     };
     audit(state, "vault.prune", &p.user.username, outcome, details).await?;
     result.map_err(engine_err)
+}
+
+/// `POST /api/v1/vaults/{vault}/rotate-key` (Owner or Security Admin): a new key-encryption key
+/// version for everything written from now on; every pack's data key rewrapped under it, no
+/// data re-encrypted. Exclusive like prune.
+pub(crate) async fn rotate_key(
+    State(state): St,
+    p: Principal,
+    Path(vault): Path<String>,
+) -> ApiResult<Json<repo::maintenance::RotateReport>> {
+    let policy = vault_policy(&state, &vault).await?;
+    authorize(&state, &p, Operation::PolicyChange, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    let held = begin_maintenance(&state, &vault).await?;
+    let repo = open_fresh(&state, &vault).await?;
+    let master = state.master_key.clone();
+    let now = time::OffsetDateTime::from_unix_timestamp(state.clock.now()).map_err(internal)?;
+    let result = tokio::task::spawn_blocking(move || repo::maintenance::rotate_key(repo, &master, now))
+        .await
+        .map_err(internal)?;
+    evict_repo(&state, &vault);
+    drop(held);
+    let (outcome, details) = match &result {
+        Ok(r) => ("success", serde_json::json!({"vault": vault, "report": r})),
+        Err(e) => ("failure", serde_json::json!({"vault": vault, "error": e.to_string()})),
+    };
+    audit(&state, "vault.rotate_key", &p.user.username, outcome, details).await?;
+    Ok(Json(result.map_err(engine_err)?))
 }
