@@ -395,6 +395,9 @@ enum VaultCmd {
         /// Whether the approver must be someone other than the requester [default: yes for production].
         #[arg(long)]
         distinct_approver: Option<bool>,
+        /// The server rotates the vault's key when its newest version is this many days old.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        rotate_key_days: Option<u32>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -852,13 +855,22 @@ fn print_vault(v: &serde_json::Value) {
 async fn vault_cmd(server: Option<&str>, token: Option<&str>, cmd: VaultCmd) -> anyhow::Result<()> {
     let mut api = client::Api::new(server, token)?;
     match cmd {
-        VaultCmd::Create { name, kind, require_hardware, approval_max_age, distinct_approver, json } => {
+        VaultCmd::Create {
+            name,
+            kind,
+            require_hardware,
+            approval_max_age,
+            distinct_approver,
+            rotate_key_days,
+            json,
+        } => {
             let v = api
                 .call(
                     reqwest::Method::POST,
                     "/api/v1/vaults",
                     Some(serde_json::json!({"name": name, "kind": kind, "require_hardware": require_hardware,
-                        "approval_max_age": approval_max_age, "distinct_approver": distinct_approver})),
+                        "approval_max_age": approval_max_age, "distinct_approver": distinct_approver,
+                        "rotate_key_days": rotate_key_days})),
                 )
                 .await?;
             if json {

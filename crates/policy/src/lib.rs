@@ -163,6 +163,10 @@ pub struct VaultPolicy {
     pub approval_max_age: i64,
     /// The approver must be someone other than the requester.
     pub distinct_approver: bool,
+    /// The server rotates the vault's key-encryption key when the newest version is this many
+    /// days old (none: only on request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_key_days: Option<u32>,
 }
 
 impl VaultPolicy {
@@ -173,6 +177,7 @@ impl VaultPolicy {
             require_hardware: false,
             approval_max_age: 300,
             distinct_approver: kind == VaultKind::Production,
+            rotate_key_days: None,
         }
     }
 }

@@ -45,6 +45,7 @@ pub struct Repository {
     backend: Arc<dyn Backend>,
     config: Config,
     keks: BTreeMap<u32, Key>,
+    kek_created: BTreeMap<u32, OffsetDateTime>,
     current: (u32, Key),
     hasher: ChunkHasher,
     pub(crate) index: RwLock<Index>,
@@ -212,6 +213,7 @@ impl Repository {
         config.chunker.validate().map_err(|e| Error::corrupt(CONFIG, e))?;
         let chunk_key = unwrap_with_master(master, &config.chunk_id_key, CHUNK_KEY_AAD, CONFIG)?;
         let mut keks = BTreeMap::new();
+        let mut kek_created = BTreeMap::new();
         for (name, _) in backend.list("keys")? {
             let Some(v) = name.strip_prefix("keys/kek-").and_then(|v| v.parse::<u32>().ok()) else { continue };
             let file: KekFile = parse_json(&name, &backend.get(&name)?)?;
@@ -220,6 +222,7 @@ impl Repository {
                 return Err(Error::corrupt(&name, "version does not match the object name"));
             }
             keks.insert(v, unwrap_with_master(master, &file.key, &kek_aad(v), &name)?);
+            kek_created.insert(v, file.created);
         }
         let current = keks.iter().next_back().map(|(v, k)| (*v, k.clone()));
         let current = current.ok_or_else(|| Error::corrupt("keys/", "no key-encryption key found"))?;
@@ -229,6 +232,7 @@ impl Repository {
             hasher: ChunkHasher::new(&chunk_key),
             config,
             keks,
+            kek_created,
             index: RwLock::new(Index::default()),
             index_files: Mutex::new(Vec::new()),
             index_errors: Mutex::new(Vec::new()),
@@ -349,7 +353,12 @@ impl Repository {
         self.keks.get(&version)
     }
 
-    /// KEK versions present.
+    /// When key-encryption key `version` was made.
+    pub fn kek_created(&self, version: u32) -> Option<OffsetDateTime> {
+        self.kek_created.get(&version).copied()
+    }
+
+    /// Key-encryption key versions present.
     pub fn kek_versions(&self) -> Vec<u32> {
         self.keks.keys().copied().collect()
     }

@@ -137,8 +137,9 @@ pub async fn first_start_link(state: &AppState) -> Result<Option<String>, error:
     Ok(Some(url))
 }
 
-/// Signs an audit checkpoint every [`audit_log::CHECKPOINT_SECONDS`] if the log grew (besides
-/// every [`audit_log::CHECKPOINT_RECORDS`] records); stops when the server state is gone.
+/// Housekeeping every [`audit_log::CHECKPOINT_SECONDS`]: signs an audit checkpoint if the log
+/// grew (besides every [`audit_log::CHECKPOINT_RECORDS`] records) and rotates vault keys whose
+/// policy says they are due; stops when the server state is gone.
 fn spawn_checkpointer(state: &Arc<AppState>) {
     let weak = Arc::downgrade(state);
     tokio::spawn(async move {
@@ -149,6 +150,14 @@ fn spawn_checkpointer(state: &Arc<AppState>) {
             let Some(state) = weak.upgrade() else { return };
             if let Err(e) = state.audit_log.checkpoint(&state.store, state.clock.now()).await {
                 tracing::error!(error = %e, "could not sign an audit checkpoint");
+            }
+            match retention::rotate_due_keys(&state).await {
+                Ok(done) => {
+                    for (vault, version) in done {
+                        tracing::info!(%vault, version, "rotated the vault key (policy)");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "scheduled key rotation failed"),
             }
         }
     });

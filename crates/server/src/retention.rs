@@ -167,18 +167,50 @@ pub(crate) async fn rotate_key(
     let policy = vault_policy(&state, &vault).await?;
     authorize(&state, &p, Operation::PolicyChange, &Resource::Vault { name: &vault, policy: &policy }).await?;
     let held = begin_maintenance(&state, &vault).await?;
-    let repo = open_fresh(&state, &vault).await?;
+    Ok(Json(rotate(&state, &vault, &p.user.username, "requested", held).await?))
+}
+
+async fn rotate(
+    state: &Arc<AppState>,
+    vault: &str,
+    actor: &str,
+    why: &str,
+    held: crate::backups::MaintenanceGuard,
+) -> ApiResult<repo::maintenance::RotateReport> {
+    let repo = open_fresh(state, vault).await?;
     let master = state.master_key.clone();
     let now = time::OffsetDateTime::from_unix_timestamp(state.clock.now()).map_err(internal)?;
     let result = tokio::task::spawn_blocking(move || repo::maintenance::rotate_key(repo, &master, now))
         .await
         .map_err(internal)?;
-    evict_repo(&state, &vault);
+    evict_repo(state, vault);
     drop(held);
     let (outcome, details) = match &result {
-        Ok(r) => ("success", serde_json::json!({"vault": vault, "report": r})),
-        Err(e) => ("failure", serde_json::json!({"vault": vault, "error": e.to_string()})),
+        Ok(r) => ("success", serde_json::json!({"vault": vault, "reason": why, "report": r})),
+        Err(e) => ("failure", serde_json::json!({"vault": vault, "reason": why, "error": e.to_string()})),
     };
-    audit(&state, "vault.rotate_key", &p.user.username, outcome, details).await?;
-    Ok(Json(result.map_err(engine_err)?))
+    audit(state, "vault.rotate_key", actor, outcome, details).await?;
+    result.map_err(engine_err)
+}
+
+/// Rotates the key of every vault whose policy asks for rotation every N days and whose newest
+/// key version is that old (skipping vaults in use; they are tried again next time). Returns
+/// the vaults rotated and their new versions. Run by the server's housekeeping every minute.
+pub async fn rotate_due_keys(state: &Arc<AppState>) -> ApiResult<Vec<(String, u32)>> {
+    let mut done = Vec::new();
+    for v in state.store.list_vaults().await? {
+        let policy: policy::VaultPolicy = serde_json::from_str(&v.policy_json).map_err(internal)?;
+        let Some(days) = policy.rotate_key_days else { continue };
+        let repo = open_repo(state, &v.name).await?;
+        let newest = repo.kek_versions().into_iter().max().unwrap_or(0);
+        let made = repo.kek_created(newest).map(|t| t.unix_timestamp()).unwrap_or(0);
+        if state.clock.now() - made < i64::from(days) * 86_400 {
+            continue;
+        }
+        let Ok(held) = begin_maintenance(state, &v.name).await else { continue };
+        let why = format!("policy: every {days} days");
+        let report = rotate(state, &v.name, "scheduler", &why, held).await?;
+        done.push((v.name.clone(), report.new_version));
+    }
+    Ok(done)
 }

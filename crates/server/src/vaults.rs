@@ -111,6 +111,8 @@ pub(crate) struct CreateVault {
     approval_max_age: Option<i64>,
     #[serde(default)]
     distinct_approver: Option<bool>,
+    #[serde(default)]
+    rotate_key_days: Option<u32>,
 }
 
 /// `POST /api/v1/vaults`
@@ -134,6 +136,12 @@ pub(crate) async fn create_vault(
     }
     if let Some(d) = body.distinct_approver {
         policy.distinct_approver = d;
+    }
+    if let Some(days) = body.rotate_key_days {
+        if !(1..=3650).contains(&days) {
+            return Err(ApiError::BadRequest("rotate_key_days is 1 to 3650".into()));
+        }
+        policy.rotate_key_days = Some(days);
     }
     if state.store.vault(&body.name).await?.is_some() {
         return Err(ApiError::Conflict(format!("vault {} already exists", body.name)));
