@@ -256,16 +256,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     let new_packs = writer.finish_packs()?;
     report.bytes_freed -= new_packs.iter().map(|p| p.size as i64).sum::<i64>();
 
-    // 2. One index covering kept and new packs, superseding every current index file.
-    // Every index file in storage, not only those loaded: files that an index left by an
-    // interrupted prune supersedes must not come back to life once that index is replaced.
-    let all_index_files: Vec<Id> = repo
-        .backend()
-        .list("index")?
-        .into_iter()
-        .filter_map(|(n, _)| n.strip_prefix("index/").and_then(Id::from_hex))
-        .collect();
-    let mut file = IndexFile { packs: Vec::new(), supersedes: all_index_files };
+    // 2. One index covering kept and new packs, superseding every current index file; then
+    // the old index files.
+    let mut file = IndexFile::default();
     {
         let index = repo.index();
         for pos in &keep {
@@ -275,17 +268,11 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         }
     }
     file.packs.extend(new_packs);
-    let old_files = file.supersedes.clone();
-    let new_id = repo.write_index_file(&file)?;
-    repo.backend().sync()?;
+    let new_id = replace_all_index_files(repo, &mut file)?;
     let mut fresh = Index::default();
     fresh.add_file(&index_name(&new_id), &file)?;
 
-    // 3. Old index files, then old packs.
-    for id in &old_files {
-        repo.backend().delete(&index_name(id))?;
-    }
-    repo.backend().sync()?;
+    // 3. Old packs.
     let doomed: Vec<String> = {
         let index = repo.index();
         delete.iter().chain(&repack).filter_map(|p| index.pack(*p)).map(|m| pack_name(&m.id)).collect()
@@ -296,6 +283,26 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     }
     repo.backend().sync()?;
     Ok(report)
+}
+
+/// Replaces the whole index with `file`, crash-safely: `file` names every index file now in
+/// storage as superseded (not only those loaded: files that an index left by an interrupted
+/// prune or repair supersedes must not come back to life), is written and made durable, and
+/// only then are the superseded files deleted. Returns the new file's id.
+fn replace_all_index_files(repo: &Repository, file: &mut IndexFile) -> Result<Id> {
+    file.supersedes = repo
+        .backend()
+        .list("index")?
+        .into_iter()
+        .filter_map(|(n, _)| n.strip_prefix("index/").and_then(Id::from_hex))
+        .collect();
+    let new_id = repo.write_index_file(file)?;
+    repo.backend().sync()?;
+    for id in &file.supersedes {
+        repo.backend().delete(&index_name(id))?;
+    }
+    repo.backend().sync()?;
+    Ok(new_id)
 }
 
 /// The index record of an indexed pack, with the blobs the in-memory index places there.
@@ -342,13 +349,7 @@ pub fn rotate_key(repo: Repository, master: &crate::crypto::MasterKey, now: Offs
     }
     let (version, kek) = repo.add_kek(master, now)?;
     let mut rng = repo.rng.clone();
-    let all_index_files: Vec<Id> = repo
-        .backend()
-        .list("index")?
-        .into_iter()
-        .filter_map(|(n, _)| n.strip_prefix("index/").and_then(Id::from_hex))
-        .collect();
-    let mut file = IndexFile { packs: Vec::new(), supersedes: all_index_files };
+    let mut file = IndexFile::default();
     let count = repo.index().packs().len();
     for pos in 0..count as u32 {
         let Some(meta) = repo.index().pack(pos).cloned() else { continue };
@@ -359,13 +360,7 @@ pub fn rotate_key(repo: Repository, master: &crate::crypto::MasterKey, now: Offs
         file.packs.push(index_pack_entries(&index, pos, &meta));
     }
     let packs_rewrapped = file.packs.len();
-    let old_files = file.supersedes.clone();
-    repo.write_index_file(&file)?;
-    repo.backend().sync()?;
-    for id in &old_files {
-        repo.backend().delete(&index_name(id))?;
-    }
-    repo.backend().sync()?;
+    replace_all_index_files(&repo, &mut file)?;
     let mut versions = repo.kek_versions();
     versions.push(version);
     Ok(RotateReport { new_version: version, packs_rewrapped, versions })
@@ -419,20 +414,8 @@ pub fn repair_index(repo: &Repository) -> Result<RepairReport> {
             Err(_) => report.unreadable.push(name),
         }
     }
-    let old: Vec<Id> = repo
-        .backend()
-        .list("index")?
-        .into_iter()
-        .filter_map(|(n, _)| n.strip_prefix("index/").and_then(Id::from_hex))
-        .collect();
-    file.supersedes = old.clone();
-    let new_id = repo.write_index_file(&file)?;
-    repo.backend().sync()?;
-    for id in &old {
-        repo.backend().delete(&index_name(id))?;
-    }
-    repo.backend().sync()?;
-    report.replaced = old.len();
+    let new_id = replace_all_index_files(repo, &mut file)?;
+    report.replaced = file.supersedes.len();
     let mut fresh = Index::default();
     fresh.add_file(&index_name(&new_id), &file)?;
     repo.replace_index(fresh, vec![new_id]);
