@@ -101,14 +101,15 @@ pub(crate) fn run(appends: u64, appenders: usize, verify_records: u64, out: &std
             let (log, store) = (log.clone(), store.clone());
             tasks.push(tokio::spawn(async move {
                 for i in 0..per {
+                    let details = serde_json::json!({"operation": "backup", "resource": "vault:prod", "n": i});
                     let event = store::AuditEvent {
                         time: 1_800_000_000,
                         kind: "decision".into(),
                         actor: format!("bot{a}"),
                         outcome: "allow".into(),
-                        details_json: format!(r#"{{"operation":"backup","resource":"vault:prod","n":{i}}}"#),
+                        details_json: details.to_string(),
                     };
-                    log.append(&store, event, 1_800_000_000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    log.append(&store, event, details, 1_800_000_000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
                 }
                 anyhow::Ok(())
             }));

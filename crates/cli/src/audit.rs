@@ -62,8 +62,8 @@ pub(crate) async fn tail(api: &mut Api, n: i64, follow: bool, json: bool) -> any
 pub(crate) async fn export(api: &mut Api, out: &Path) -> anyhow::Result<()> {
     // The checkpoint first: the export is exactly the records it covers (reading the log is
     // itself logged, so "everything" would never end).
-    let checkpoint = api.get_text("/api/v1/audit/checkpoint").await?;
-    let vkey = api.get_text("/api/v1/audit/key").await?.trim().to_string();
+    let checkpoint = api.text(reqwest::Method::POST, "/api/v1/audit/checkpoint").await?;
+    let vkey = api.text(reqwest::Method::GET, "/api/v1/audit/key").await?.trim().to_string();
     let cp = auditlog::Checkpoint::open(&checkpoint, &vkey).context("the server's checkpoint does not verify")?;
     let size = cp.size as i64;
     let mut records = Vec::new();

@@ -204,9 +204,9 @@ impl Api {
         Ok(if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap_or_default() })
     }
 
-    /// `GET path`, answered as text (signed notes, keys).
-    pub(crate) async fn get_text(&mut self, path: &str) -> anyhow::Result<String> {
-        self.send(reqwest::Method::GET, path, None).await
+    /// A request answered as text (signed notes, keys).
+    pub(crate) async fn text(&mut self, method: reqwest::Method, path: &str) -> anyhow::Result<String> {
+        self.send(method, path, None).await
     }
 
     /// Sends a request, refreshing the stored login once on a 401; returns the body of a

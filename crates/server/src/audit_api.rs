@@ -30,8 +30,18 @@ pub(crate) async fn key(State(state): St) -> axum::response::Response {
     text(format!("{}\n", state.audit_log.vkey()))
 }
 
-/// `GET /api/v1/audit/checkpoint`: the latest signed checkpoint (a C2SP signed note).
+/// `GET /api/v1/audit/checkpoint`: the latest signed checkpoint (a C2SP signed note). Public,
+/// so it never signs: checkpoints come every 1,000 records, every minute while the log grows,
+/// and on an auditor's request (`POST`).
 pub(crate) async fn checkpoint(State(state): St) -> ApiResult<axum::response::Response> {
+    let cp = state.audit_log.latest().ok_or_else(|| ApiError::NotFound("no checkpoint signed yet".into()))?;
+    Ok(text(cp.note))
+}
+
+/// `POST /api/v1/audit/checkpoint` (audit-read): signs a checkpoint of the whole log now if it
+/// grew, and answers it — what an export starts from.
+pub(crate) async fn sign_checkpoint(State(state): St, p: Principal) -> ApiResult<axum::response::Response> {
+    may_read(&state, &p).await?;
     let cp = state.audit_log.checkpoint(&state.store, state.clock.now()).await?;
     let cp = cp.ok_or_else(|| ApiError::NotFound("the audit log is empty".into()))?;
     Ok(text(cp.note))

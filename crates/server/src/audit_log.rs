@@ -15,8 +15,9 @@ pub const CHECKPOINT_RECORDS: u64 = 1000;
 /// ... and at least every this many seconds while the log grows.
 pub const CHECKPOINT_SECONDS: u64 = 60;
 
-/// Events waiting to be written, with where to send their sequence numbers.
-type Waiting = Vec<(store::AuditEvent, tokio::sync::oneshot::Sender<Result<i64, String>>)>;
+/// Events waiting to be written (with their details as a value, for the leaf), and where to
+/// send their sequence numbers.
+type Waiting = Vec<(store::AuditEvent, serde_json::Value, tokio::sync::oneshot::Sender<Result<i64, String>>)>;
 
 /// The audit log of a running server.
 pub struct AuditLog {
@@ -32,9 +33,9 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
-/// The leaf of an event: its canonical record.
-pub fn leaf_of(seq: i64, e: &store::AuditEvent) -> Result<String, String> {
-    let details: serde_json::Value = serde_json::from_str(&e.details_json).map_err(|e| e.to_string())?;
+/// The leaf of an event: its canonical record. `details` is the event's `details_json` as a
+/// value (callers have it already; records written before the log existed parse it).
+pub fn leaf_of(seq: i64, e: &store::AuditEvent, details: serde_json::Value) -> Result<String, String> {
     let text = |k: &str| details.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let record = Record {
         seq: u64::try_from(seq).map_err(|e| e.to_string())?,
@@ -70,7 +71,8 @@ impl AuditLog {
                     None => {
                         let e = store.audit_events(seq - 1, 1).await.map_err(|e| e.to_string())?;
                         let e = e.first().ok_or("audit record vanished")?;
-                        let l = leaf_of(seq, &e.event)?;
+                        let details = serde_json::from_str(&e.event.details_json).map_err(|e| e.to_string())?;
+                        let l = leaf_of(seq, &e.event, details)?;
                         store.set_audit_leaf(seq, &l).await.map_err(|e| e.to_string())?;
                         l
                     }
@@ -103,11 +105,18 @@ impl AuditLog {
         })
     }
 
-    /// Appends an event durably; returns its sequence number. Concurrent appends share one
-    /// transaction: whoever holds the writer lock writes everything queued.
-    pub async fn append(&self, store: &store::Store, event: store::AuditEvent, now: i64) -> ApiResult<i64> {
+    /// Appends an event (whose `details_json` is `details`) durably; returns its sequence
+    /// number. Concurrent appends share one transaction: whoever holds the writer lock writes
+    /// everything queued.
+    pub async fn append(
+        &self,
+        store: &store::Store,
+        event: store::AuditEvent,
+        details: serde_json::Value,
+        now: i64,
+    ) -> ApiResult<i64> {
         let (tx, mut rx) = tokio::sync::oneshot::channel();
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push((event, tx));
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push((event, details, tx));
         {
             let _writing = self.writer.lock().await;
             // Whoever held the lock before may have written this event already; then there is
@@ -128,24 +137,24 @@ impl AuditLog {
     }
 
     async fn write_batch(&self, store: &store::Store, batch: Waiting, now: i64) {
-        let (events, replies): (Vec<store::AuditEvent>, Vec<_>) = batch.into_iter().unzip();
-        // Leaves are made once, inside the transaction, and kept for the tree.
-        let leaves: Mutex<Vec<String>> = Mutex::new(Vec::with_capacity(events.len()));
-        let make = |seq: i64, e: &store::AuditEvent| -> Result<String, String> {
-            let l = leaf_of(seq, e)?;
-            leaves.lock().unwrap_or_else(|p| p.into_inner()).push(l.clone());
-            Ok(l)
-        };
+        let mut events = Vec::with_capacity(batch.len());
+        let mut details = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for (e, d, r) in batch {
+            events.push(e);
+            details.push(d);
+            replies.push(r);
+        }
+        let make = |i: usize, seq: i64| leaf_of(seq, &events[i], details[i].clone());
         let result = store.append_audit_batch(&events, &make).await;
         match result {
-            Ok(seqs) => {
-                let leaves = leaves.into_inner().unwrap_or_else(|p| p.into_inner());
+            Ok(written) => {
                 let mut failed = None;
                 let contiguous = {
                     let mut tree = self.tree.lock().unwrap_or_else(|p| p.into_inner());
-                    let contiguous = seqs.first().is_some_and(|&s| s == tree.size() as i64 + 1);
+                    let contiguous = written.first().is_some_and(|(s, _)| *s == tree.size() as i64 + 1);
                     if contiguous {
-                        for l in &leaves {
+                        for (_, l) in &written {
                             if let Err(e) = tree.push(l.as_bytes()) {
                                 failed = Some(e.to_string());
                             }
@@ -160,7 +169,7 @@ impl AuditLog {
                         failed = Some(e);
                     }
                 }
-                for (seq, reply) in seqs.into_iter().zip(replies) {
+                for ((seq, _), reply) in written.into_iter().zip(replies) {
                     let _ = reply.send(match &failed {
                         Some(e) => Err(e.clone()),
                         None => Ok(seq),

@@ -70,7 +70,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/users/{username}/disable", post(disable_user))
         .route("/users/{username}/expiry", post(routes::set_user_expiry))
         .route("/audit/key", get(audit_api::key))
-        .route("/audit/checkpoint", get(audit_api::checkpoint))
+        .route("/audit/checkpoint", get(audit_api::checkpoint).post(audit_api::sign_checkpoint))
         .route("/audit/checkpoints", get(audit_api::checkpoints))
         .route("/audit/records", get(audit_api::records))
         .route("/audit/proof/inclusion", get(audit_api::inclusion))
@@ -140,7 +140,7 @@ pub async fn first_start_link(state: &AppState) -> Result<Option<String>, error:
 /// Housekeeping every [`audit_log::CHECKPOINT_SECONDS`]: signs an audit checkpoint if the log
 /// grew (besides every [`audit_log::CHECKPOINT_RECORDS`] records) and rotates vault keys whose
 /// policy says they are due; stops when the server state is gone.
-fn spawn_checkpointer(state: &Arc<AppState>) {
+fn spawn_housekeeping(state: &Arc<AppState>) {
     let weak = Arc::downgrade(state);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(audit_log::CHECKPOINT_SECONDS));
@@ -169,7 +169,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    spawn_checkpointer(&state);
+    spawn_housekeeping(&state);
     axum::serve(listener, app(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
@@ -184,7 +184,7 @@ pub async fn serve_tls(
     key_pem: &std::path::Path,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    spawn_checkpointer(&state);
+    spawn_housekeeping(&state);
     let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert_pem, key_pem).await?;
     let handle = axum_server::Handle::new();
     let h = handle.clone();

@@ -41,7 +41,7 @@ pub async fn audit(
         outcome: outcome.to_string(),
         details_json: details.to_string(),
     };
-    state.audit_log.append(&state.store, event, state.clock.now()).await?;
+    state.audit_log.append(&state.store, event, details, state.clock.now()).await?;
     Ok(())
 }
 

@@ -37,13 +37,13 @@ impl Store {
     }
 
     /// Appends events in one transaction (group commit: one durable write for many events)
-    /// and returns their sequence numbers. `leaf` makes each event's Merkle leaf from its
-    /// sequence number; a failure rolls the whole batch back.
+    /// and returns each one's sequence number and leaf. `leaf(i, seq)` makes the Merkle leaf of
+    /// `events[i]` once its sequence number is known; a failure rolls the whole batch back.
     pub async fn append_audit_batch(
         &self,
         events: &[AuditEvent],
-        leaf: &(dyn Fn(i64, &AuditEvent) -> std::result::Result<String, String> + Send + Sync),
-    ) -> Result<Vec<i64>> {
+        leaf: &(dyn Fn(usize, i64) -> std::result::Result<String, String> + Send + Sync),
+    ) -> Result<Vec<(i64, String)>> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -58,10 +58,10 @@ impl Store {
         };
         let first = next - events.len() as i64;
         let seqs: Vec<i64> = (0..events.len() as i64).map(|i| first + i).collect();
-        let leaves = events
+        let leaves = seqs
             .iter()
-            .zip(&seqs)
-            .map(|(e, &seq)| leaf(seq, e))
+            .enumerate()
+            .map(|(i, &seq)| leaf(i, seq))
             .collect::<std::result::Result<Vec<String>, String>>()
             .map_err(StoreError::Database)?;
         // Many rows per statement: one round trip to the database for up to ROWS events.
@@ -91,7 +91,7 @@ impl Store {
             q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(seqs)
+        Ok(seqs.into_iter().zip(leaves).collect())
     }
 
     /// Leaves of events with `seq > after_seq`, in order (`None` for events written before the
