@@ -366,6 +366,138 @@ pub fn rotate_key(repo: Repository, master: &crate::crypto::MasterKey, now: Offs
     Ok(RotateReport { new_version: version, packs_rewrapped, versions })
 }
 
+/// What retiring a key version did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RetireReport {
+    /// The version that no longer exists.
+    pub retired: u32,
+    /// Packs whose footer named it: copied with a footer under the current version (the blob
+    /// ciphertext is the same bytes; only the 60-byte wrapping of the data key changes).
+    pub packs_rewritten: usize,
+    /// Bytes of packs copied.
+    pub bytes_rewritten: u64,
+    /// Snapshots sealed under it, sealed again under the current version (same ids).
+    pub snapshots_resealed: usize,
+    /// Unindexed packs under it (left by an interrupted backup or retire), deleted.
+    pub orphans_deleted: usize,
+    /// Key versions that remain.
+    pub versions: Vec<u32>,
+}
+
+/// Retires key-encryption key `version`: afterwards no stored byte is wrapped under it and its
+/// key file is gone, so a copy of that key opens nothing written since. The data is never
+/// re-encrypted, but every pack whose footer wraps its data key under `version` is copied
+/// under a new name with a footer under the current version (a pack's name is the hash of its
+/// bytes); snapshots sealed under it are sealed again in place; one new index names the new
+/// packs and supersedes all others. Order: new packs, resealed snapshots, index, deletion of
+/// the old packs, deletion of the key. An interruption leaves a whole repository (at worst
+/// unindexed packs, which a rerun or prune removes), and a rerun finishes the job. The current
+/// version cannot be retired (rotate first). Takes the repository by value: it is stale
+/// afterwards. Must not run while a backup writes (the server serialises them).
+pub fn retire_key(repo: Repository, version: u32) -> Result<RetireReport> {
+    if let Some(e) = repo.index_errors().first() {
+        return Err(Error::Invalid(format!(
+            "refusing to retire a key: an index file is unreadable ({e}); run `repair index` first"
+        )));
+    }
+    let (current, kek) = {
+        let (v, k) = repo.current_kek();
+        (v, k.clone())
+    };
+    if version == current {
+        return Err(Error::Invalid(format!(
+            "key version {version} is the current one; rotate first (`vault rotate-key`), then retire it"
+        )));
+    }
+    let old = repo.kek(version).cloned().ok_or_else(|| {
+        Error::Invalid(format!("there is no key version {version} (versions: {:?})", repo.kek_versions()))
+    })?;
+    let mut rng = repo.rng.clone();
+    let mut report = RetireReport { retired: version, ..RetireReport::default() };
+
+    // 1. Packs whose footer names the old version: a copy with the footer rewrapped.
+    let mut moved: HashMap<Id, (Id, [u8; crate::crypto::WRAPPED_LEN])> = HashMap::new();
+    let mut doomed = Vec::new();
+    for (name, size) in repo.backend().list("data")? {
+        let Some(id) = name.rsplit('/').next().and_then(Id::from_hex) else { continue };
+        if size < FOOTER_LEN as u64 {
+            continue;
+        }
+        let tail = repo.backend().get_range(&name, size - FOOTER_LEN as u64..size)?;
+        let footer = pack::parse_footer(&name, &tail)?;
+        if footer.kek_version != version {
+            continue;
+        }
+        if repo.index().pack_position(&id).is_none() {
+            report.orphans_deleted += 1;
+            doomed.push(name);
+            continue;
+        }
+        let bytes = repo.backend().get(&name)?;
+        if Id::hash_of(&bytes) != id {
+            return Err(Error::corrupt(&name, "pack contents do not match its name; run `check --read-data`"));
+        }
+        let dek = old
+            .unwrap_key(&footer.wrapped, pack::PACK_KEY_AAD, &name)
+            .map_err(|_| Error::corrupt(&name, "pack data key fails authentication"))?;
+        let wrapped = kek.wrap(&dek, pack::PACK_KEY_AAD, &mut rng);
+        let new_footer = pack::Footer { kek_version: current, wrapped, ..footer };
+        let mut copy = Vec::with_capacity(bytes.len());
+        copy.extend_from_slice(&bytes[..bytes.len() - FOOTER_LEN]);
+        copy.extend_from_slice(&new_footer.encode());
+        let new_id = Id::hash_of(&copy);
+        repo.backend().put(&pack_name(&new_id), bytes::Bytes::from(copy))?;
+        report.packs_rewritten += 1;
+        report.bytes_rewritten += size;
+        moved.insert(id, (new_id, wrapped));
+        doomed.push(name);
+    }
+    repo.backend().sync()?;
+
+    // 2. Snapshots sealed under it, sealed again under the current version.
+    for id in repo.snapshot_ids()? {
+        let name = crate::repository::snapshot_name(&id);
+        let bytes = repo.backend().get(&name)?;
+        if crate::sealed::peek(&name, &bytes)?.1 != version {
+            continue;
+        }
+        let snap = repo.load_snapshot(&id)?;
+        repo.write_sealed(crate::sealed::ObjectKind::Snapshot, &name, &snap)?;
+        report.snapshots_resealed += 1;
+    }
+    repo.backend().sync()?;
+
+    // 3. One index over the moved packs, every data key wrapped under the current version.
+    let mut file = IndexFile::default();
+    let count = repo.index().packs().len();
+    for pos in 0..count as u32 {
+        let Some(meta) = repo.index().pack(pos).cloned() else { continue };
+        let meta = match moved.get(&meta.id) {
+            Some((new_id, wrapped)) => {
+                crate::index::PackMeta { id: *new_id, kek_version: current, wrapped: *wrapped, ..meta }
+            }
+            None if meta.kek_version != current => {
+                let dek = repo.data_key(pos)?;
+                let wrapped = kek.wrap(&dek, pack::PACK_KEY_AAD, &mut rng);
+                crate::index::PackMeta { kek_version: current, wrapped, ..meta }
+            }
+            None => meta,
+        };
+        let index = repo.index();
+        file.packs.push(index_pack_entries(&index, pos, &meta));
+    }
+    replace_all_index_files(&repo, &mut file)?;
+
+    // 4. The old packs, then 5. the key itself.
+    for name in &doomed {
+        repo.backend().delete(name)?;
+    }
+    repo.backend().sync()?;
+    repo.remove_kek(version)?;
+    report.versions = repo.kek_versions().into_iter().filter(|v| *v != version).collect();
+    Ok(report)
+}
+
 /// Findings of `repair index`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RepairReport {

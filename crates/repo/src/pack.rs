@@ -147,12 +147,8 @@ impl PackBuilder {
         self.dek.seal_in_place(&blob_nonce(HEADER_NONCE_INDEX), b"SRH1", &mut header);
         let header_len = header.len() as u32;
         self.buf.extend_from_slice(&header);
-        self.buf.extend_from_slice(PACK_MAGIC);
-        self.buf.extend_from_slice(&[1, 0, 0, 0]);
-        self.buf.extend_from_slice(&self.kek_version.to_le_bytes());
-        self.buf.extend_from_slice(&self.wrapped);
-        self.buf.extend_from_slice(&header_len.to_le_bytes());
-        self.buf.extend_from_slice(PACK_MAGIC);
+        let footer = Footer { kek_version: self.kek_version, wrapped: self.wrapped, header_len };
+        self.buf.extend_from_slice(&footer.encode());
         let id = Id::hash_of(&self.buf);
         FinishedPack {
             id,
@@ -187,6 +183,21 @@ pub struct Footer {
     pub wrapped: [u8; WRAPPED_LEN],
     /// Length of the header ciphertext, which ends where the footer starts.
     pub header_len: u32,
+}
+
+impl Footer {
+    /// The footer's bytes: magic, version 1, KEK version, wrapped data key, header length, magic.
+    pub fn encode(&self) -> [u8; FOOTER_LEN] {
+        let mut out = [0u8; FOOTER_LEN];
+        out[..4].copy_from_slice(PACK_MAGIC);
+        out[4] = 1;
+        out[8..12].copy_from_slice(&self.kek_version.to_le_bytes());
+        out[12..12 + WRAPPED_LEN].copy_from_slice(&self.wrapped);
+        let h = 12 + WRAPPED_LEN;
+        out[h..h + 4].copy_from_slice(&self.header_len.to_le_bytes());
+        out[FOOTER_LEN - 4..].copy_from_slice(PACK_MAGIC);
+        out
+    }
 }
 
 /// Parses the last [`FOOTER_LEN`] bytes of a pack.

@@ -317,6 +317,13 @@ impl Repository {
         Ok((v, kek))
     }
 
+    /// Deletes key version `version` for good (`maintenance::retire_key` first makes sure
+    /// nothing is wrapped under it any more).
+    pub(crate) fn remove_kek(&self, version: u32) -> Result<()> {
+        self.backend.delete(&kek_name(version))?;
+        self.backend.sync()
+    }
+
     /// The repository's settings.
     pub fn config(&self) -> &Config {
         &self.config

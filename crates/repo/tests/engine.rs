@@ -15,7 +15,7 @@ use std::sync::Arc;
 use repo::backup::{backup_local, Progress};
 use repo::check::{check, CheckReport};
 use repo::chunker::ChunkerParams;
-use repo::maintenance::{forget, prune, repair_index, rotate_key, PruneOptions, Retention};
+use repo::maintenance::{forget, prune, repair_index, retire_key, rotate_key, PruneOptions, Retention};
 use repo::model::{Content, Snapshot};
 use repo::pack::pack_name;
 use repo::repository::snapshot_name;
@@ -639,6 +639,78 @@ fn key_rotation_rewraps_old_packs_new_data_uses_the_new_version_and_a_crash_lose
     // them alone is whole as long as version 1 exists.
     repair_index(&repo).unwrap();
     assert_restores_to(&open(mem.clone()), &s2, &src);
+}
+
+/// The key versions named by every pack footer and every sealed snapshot in storage.
+fn stored_key_versions(b: &dyn Backend) -> std::collections::BTreeSet<u32> {
+    let mut out = std::collections::BTreeSet::new();
+    for (name, size) in b.list("data").unwrap() {
+        let tail = b.get_range(&name, size - repo::pack::FOOTER_LEN as u64..size).unwrap();
+        out.insert(repo::pack::parse_footer(&name, &tail).unwrap().kek_version);
+    }
+    for (name, _) in b.list("snapshots").unwrap() {
+        out.insert(repo::sealed::peek(&name, &b.get(&name).unwrap()).unwrap().1);
+    }
+    out
+}
+
+#[test]
+fn retiring_a_key_version_leaves_nothing_wrapped_under_it_and_a_crash_at_any_write_loses_nothing() {
+    let tmp = tempdir();
+    let src = tmp.path().join("data");
+    let (mem, s1) = three_versions_last_kept(&src);
+    let state1 = tmp.path().join("state1/data");
+    copy_tree(&src, &state1);
+    rotate_key(open(mem.clone()), &master_key(MASTER), fixed_time(DAY0 + 5 * DAY)).unwrap();
+    rewrite(&src.join("after-rotation.bin"), &random_bytes(78, 3 << 20), DAY0 + 6 * DAY);
+    let (s2, _) = backup(&open(mem.clone()), &src, Some(s1), DAY0 + 6 * DAY);
+    assert_eq!(stored_key_versions(mem.as_ref()), [1, 2].into(), "old packs and snapshots still name version 1");
+
+    // The current version cannot be retired, nor one that does not exist.
+    assert!(matches!(retire_key(open(mem.clone()), 2), Err(Error::Invalid(m)) if m.contains("current")));
+    assert!(matches!(retire_key(open(mem.clone()), 7), Err(Error::Invalid(m)) if m.contains("no key version")));
+
+    // A crash at any write of a retirement leaves a repository that checks and restores both
+    // snapshots, and running it again finishes the job.
+    let writes = {
+        let f = Arc::new(FaultBackend::new(Arc::new(mem.fork())));
+        retire_key(open(f.clone()), 1).unwrap();
+        f.writes()
+    };
+    assert!(writes > 4, "expected several writes, got {writes}");
+    for n in 0..writes {
+        let m = Arc::new(mem.fork());
+        let _ = retire_key(open(Arc::new(FaultBackend::crash_after_writes(m.clone(), n))), 1);
+        for (label, state) in [("power cut", m.crash()), ("process crash", m.fork())] {
+            let state = Arc::new(state);
+            let repo = open(state.clone());
+            assert_no_errors(&repo, &format!("retirement cut after {n} writes, {label}"));
+            assert_restores_to(&repo, &s1, &state1);
+            assert_restores_to(&repo, &s2, &src);
+            if repo.kek_versions().contains(&1) {
+                retire_key(repo, 1).unwrap();
+            }
+            let repo = open(state.clone());
+            assert_eq!(repo.kek_versions(), vec![2], "cut after {n} writes, {label}, then rerun");
+            assert_restores_to(&repo, &s1, &state1);
+        }
+    }
+
+    let report = retire_key(open(mem.clone()), 1).unwrap();
+    assert!(report.packs_rewritten > 0 && report.snapshots_resealed == 1, "{report:?}");
+    assert_eq!(report.versions, vec![2]);
+    assert_eq!(stored_key_versions(mem.as_ref()), [2].into(), "nothing is wrapped under version 1 any more");
+    assert!(mem.names_under("keys").iter().all(|n| !n.ends_with("kek-1")), "the key file is gone");
+    let repo = open(mem.clone());
+    assert_eq!(repo.kek_versions(), vec![2]);
+    assert_spotless(&repo, "after retiring version 1");
+    assert_restores_to(&repo, &s1, &state1);
+    assert_restores_to(&repo, &s2, &src);
+    // The packs alone rebuild the index without version 1.
+    repair_index(&repo).unwrap();
+    let repo = open(mem.clone());
+    assert_spotless(&repo, "after repair index");
+    assert_restores_to(&repo, &s1, &state1);
 }
 
 // ---------------------------------------------------------------------------------------------
