@@ -3,6 +3,7 @@
 
 mod audit;
 mod client;
+mod critical;
 mod remote;
 
 use std::net::SocketAddr;
@@ -100,7 +101,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// List a vault's snapshots.
+    /// Delete and undelete snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// List a vault's snapshots (and the deleted ones still recoverable).
     Snapshots {
         /// Vault name.
         #[arg(long)]
@@ -226,6 +230,12 @@ struct ServerArgs {
     /// File holding the master passphrase (with --master-key-source passphrase).
     #[arg(long, env = "STRONGROOM_MASTER_PASSPHRASE_FILE")]
     master_passphrase_file: Option<PathBuf>,
+    /// Security Admins (other than the requester) who must approve each critical operation
+    /// with a passkey, 1 to 10 [default: 1]: deleting a vault or a protected snapshot,
+    /// shortening retention, changing immutability or a vault policy, retiring a key version,
+    /// granting Owner or Security Admin, removing a Security Admin.
+    #[arg(long, env = "STRONGROOM_CRITICAL_APPROVALS")]
+    critical_approvals: Option<u32>,
 }
 
 /// Settings after merging flags, environment, config file and defaults.
@@ -240,6 +250,7 @@ struct Settings {
     checkpoint_packs: usize,
     master_key_source: String,
     master_passphrase_file: Option<PathBuf>,
+    critical_approvals: u32,
 }
 
 impl ServerArgs {
@@ -278,6 +289,7 @@ impl ServerArgs {
             checkpoint_packs: self.checkpoint_packs.or(file.checkpoint_packs).unwrap_or(repo::writer::CHECKPOINT_PACKS),
             master_key_source: self.master_key_source.or(file.master_key_source).unwrap_or_else(|| "file".to_string()),
             master_passphrase_file: self.master_passphrase_file.or(file.master_passphrase_file),
+            critical_approvals: self.critical_approvals.or(file.critical_approvals).unwrap_or(1),
         })
     }
 }
@@ -398,11 +410,17 @@ enum VaultCmd {
         /// The server rotates the vault's key when its newest version is this many days old.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
         rotate_key_days: Option<u32>,
+        /// Days every snapshot is protected, and deleted things recoverable [default: 14; 0: no soft delete].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=3650))]
+        retention_days: Option<u32>,
+        /// disabled, enabled or locked (locked can never be undone) [default: disabled].
+        #[arg(long, value_parser = ["disabled", "enabled", "locked"])]
+        immutability: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// List the vaults you may see.
+    /// List the vaults you may see (deleted ones still recoverable included).
     List {
         /// Print JSON.
         #[arg(long)]
@@ -419,12 +437,110 @@ enum VaultCmd {
     /// Rotate the vault's key-encryption key (Owner or Security Admin): a new version for all
     /// new data, and every existing pack's data key rewrapped under it — no data re-encrypted.
     /// Refused while a backup or restore uses the vault.
+    ///
+    /// With --retire VERSION it instead retires that version for good (a critical operation):
+    /// packs whose footer wraps their data key under it are copied with the footer rewrapped,
+    /// snapshots sealed under it are sealed again, then its key file is deleted. Retiring the
+    /// current version rotates to a new one first.
+    #[command(
+        after_help = "Examples:\n  strongroom vault rotate-key prod\n  strongroom vault rotate-key prod --retire 1"
+    )]
     RotateKey {
+        /// Vault name.
+        name: String,
+        /// Retire this key version (critical: prints the approval URL and waits).
+        #[arg(long, value_name = "VERSION")]
+        retire: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a vault (critical): prints the approval URL alone on a line and waits until it is
+    /// approved, denied or expired. The vault is then recoverable with `vault undelete` for its
+    /// retention period (default 14 days) and purged after. Refused outright while an
+    /// immutable vault holds snapshots within retention.
+    Delete {
         /// Vault name.
         name: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Bring back a deleted vault before it is purged.
+    Undelete {
+        /// Vault name.
+        name: String,
+    },
+    /// Set the retention: days every snapshot is protected after it is taken, and days deleted
+    /// snapshots and vaults stay recoverable (0 turns soft delete off). Longer takes effect at
+    /// once; shorter is critical (prints the approval URL and waits), and refused on an
+    /// immutable vault.
+    SetRetention {
+        /// Vault name.
+        name: String,
+        /// Days (0 to 3650).
+        days: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set immutability (critical): `enabled` refuses deleting snapshots within retention and
+    /// shortening retention, by anyone; `locked` does the same for good and can never be
+    /// changed again; `disabled` lifts it (not possible once locked).
+    SetImmutability {
+        /// Vault name.
+        name: String,
+        /// disabled, enabled or locked.
+        #[arg(value_parser = ["disabled", "enabled", "locked"])]
+        state: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the restore-approval policy (critical).
+    SetPolicy {
+        /// Vault name.
+        name: String,
+        /// Only trusted-attested hardware authenticators may approve restores.
+        #[arg(long)]
+        require_hardware: Option<bool>,
+        /// How old (seconds) a restore approval may be when the restore starts.
+        #[arg(long)]
+        approval_max_age: Option<i64>,
+        /// Whether the approver must be someone other than the requester.
+        #[arg(long)]
+        distinct_approver: Option<bool>,
+        /// Rotate the key when its newest version is this many days old (0: only on request).
+        #[arg(long)]
+        rotate_key_days: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCmd {
+    /// Delete a snapshot: at once when its retention has ended, otherwise a critical operation
+    /// (prints the approval URL alone on a line and waits); refused within retention on an
+    /// immutable vault. Deleted snapshots stay recoverable for the vault's retention period.
+    Delete {
+        /// Vault name.
+        #[arg(long)]
+        vault: String,
+        /// Snapshot id or unique prefix.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring back a deleted snapshot before it is purged.
+    Undelete {
+        /// Vault name.
+        #[arg(long)]
+        vault: String,
+        /// Snapshot id or unique prefix.
+        id: String,
     },
 }
 
@@ -647,6 +763,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         paths.join(" ")
                     );
                 }
+                let deleted = v["deleted"].as_array().cloned().unwrap_or_default();
+                if !deleted.is_empty() {
+                    println!("Deleted (strongroom snapshot undelete --vault {vault} ID brings one back):");
+                }
+                for s in deleted {
+                    println!(
+                        "{}  {}  deleted by {}, purged after {}",
+                        s["short_id"].as_str().unwrap_or("?"),
+                        s["time"].as_str().unwrap_or("?"),
+                        s["deleted_by"].as_str().unwrap_or("?"),
+                        unix_to_rfc3339(s["purge_at"].as_i64().unwrap_or(0))
+                    );
+                }
             }
             Ok(())
         }
@@ -727,6 +856,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             audit::export(&mut api, &out).await
         }
         Cmd::Vault(cmd) => vault_cmd(cli.server.as_deref(), cli.token.as_deref(), cmd).await,
+        Cmd::Snapshot(cmd) => snapshot_cmd(cli.server.as_deref(), cli.token.as_deref(), cmd).await,
         Cmd::Role(cmd) => role_cmd(cli.server.as_deref(), cli.token.as_deref(), cmd).await,
         Cmd::Policy(PolicyCmd::Simulate { user, vault, operation, json }) => {
             let operation = if operation == "restore" { "restore-request".to_string() } else { operation };
@@ -786,6 +916,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         attestation_roots: args.attestation_roots.clone(),
         access_token_seconds: args.access_token_seconds,
         checkpoint_packs: args.checkpoint_packs,
+        critical_approvals: args.critical_approvals,
         master: master_source(&args.data_dir, &args.master_key_source, args.master_passphrase_file.as_deref())?,
         ..server::ServerConfig::new(args.data_dir.clone(), args.public_url.clone())
     };
@@ -840,16 +971,71 @@ fn describe(d: &serde_json::Value) -> String {
     }
 }
 
+fn unix_to_rfc3339(t: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| t.to_string())
+}
+
 fn print_vault(v: &serde_json::Value) {
     let p = &v["policy"];
     println!(
-        "{}  {}  approvals: {}{}, at most {} s old",
+        "{}  {}  approvals: {}{}, at most {} s old; retention {} days, immutability {}{}",
         v["name"].as_str().unwrap_or("?"),
         v["kind"].as_str().unwrap_or("?"),
         if p["require_hardware"].as_bool() == Some(true) { "hardware passkey" } else { "any passkey" },
         if p["distinct_approver"].as_bool() == Some(true) { ", another person" } else { "" },
-        p["approval_max_age"]
+        p["approval_max_age"],
+        p["retention_days"],
+        p["immutability"].as_str().unwrap_or("disabled"),
+        match v["purge_at"].as_i64() {
+            Some(t) => format!("; DELETED, purged after {}", unix_to_rfc3339(t)),
+            None => String::new(),
+        }
     );
+}
+
+/// Prints the result of a gated change: JSON, or `message`.
+fn print_result(
+    result: &serde_json::Value,
+    json: bool,
+    message: impl FnOnce(&serde_json::Value) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(result)?);
+    } else {
+        println!("{}", message(result));
+    }
+    Ok(())
+}
+
+async fn snapshot_cmd(server: Option<&str>, token: Option<&str>, cmd: SnapshotCmd) -> anyhow::Result<()> {
+    let mut api = client::Api::new(server, token)?;
+    match cmd {
+        SnapshotCmd::Delete { vault, id, json } => {
+            let answer =
+                api.call(reqwest::Method::DELETE, &format!("/api/v1/vaults/{vault}/snapshots/{id}"), None).await?;
+            let r = critical::follow(&mut api, answer).await?;
+            print_result(&r, json, |r| match r["purge_at"].as_i64() {
+                Some(t) => format!(
+                    "snapshot {} deleted; recoverable until {} (strongroom snapshot undelete --vault {vault} {id})",
+                    r["snapshot"].as_str().unwrap_or("?"),
+                    unix_to_rfc3339(t)
+                ),
+                None => {
+                    format!("snapshot {} deleted for good (soft delete is off)", r["snapshot"].as_str().unwrap_or("?"))
+                }
+            })
+        }
+        SnapshotCmd::Undelete { vault, id } => {
+            let r = api
+                .call(reqwest::Method::POST, &format!("/api/v1/vaults/{vault}/snapshots/{id}/undelete"), None)
+                .await?;
+            println!("snapshot {} is back in vault {vault}", r["snapshot"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+    }
 }
 
 async fn vault_cmd(server: Option<&str>, token: Option<&str>, cmd: VaultCmd) -> anyhow::Result<()> {
@@ -862,6 +1048,8 @@ async fn vault_cmd(server: Option<&str>, token: Option<&str>, cmd: VaultCmd) -> 
             approval_max_age,
             distinct_approver,
             rotate_key_days,
+            retention_days,
+            immutability,
             json,
         } => {
             let v = api
@@ -870,7 +1058,8 @@ async fn vault_cmd(server: Option<&str>, token: Option<&str>, cmd: VaultCmd) -> 
                     "/api/v1/vaults",
                     Some(serde_json::json!({"name": name, "kind": kind, "require_hardware": require_hardware,
                         "approval_max_age": approval_max_age, "distinct_approver": distinct_approver,
-                        "rotate_key_days": rotate_key_days})),
+                        "rotate_key_days": rotate_key_days, "retention_days": retention_days,
+                        "immutability": immutability})),
                 )
                 .await?;
             if json {
@@ -899,7 +1088,79 @@ async fn vault_cmd(server: Option<&str>, token: Option<&str>, cmd: VaultCmd) -> 
                 print_vault(&v)
             }
         }
-        VaultCmd::RotateKey { name, json } => {
+        VaultCmd::RotateKey { name, retire: Some(version), json } => {
+            let answer = api
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/vaults/{name}/retire-key"),
+                    Some(serde_json::json!({"version": version})),
+                )
+                .await?;
+            let r = critical::follow(&mut api, answer).await?;
+            print_result(&r, json, |r| {
+                let rep = &r["report"];
+                format!(
+                    "{name}: key version {version} retired{}; {} packs ({:.1} MB) given a rewrapped footer, {} snapshots resealed; versions left: {}",
+                    r["rotated_to"].as_u64().map(|v| format!(" (rotated to version {v} first)")).unwrap_or_default(),
+                    rep["packs_rewritten"],
+                    rep["bytes_rewritten"].as_f64().unwrap_or(0.0) / 1e6,
+                    rep["snapshots_resealed"],
+                    rep["versions"]
+                )
+            })?;
+        }
+        VaultCmd::Delete { name, json } => {
+            let answer = api.call(reqwest::Method::DELETE, &format!("/api/v1/vaults/{name}"), None).await?;
+            let r = critical::follow(&mut api, answer).await?;
+            print_result(&r, json, |r| match r["purge_at"].as_i64() {
+                Some(t) => format!(
+                    "vault {name} deleted; recoverable until {} with: strongroom vault undelete {name}",
+                    unix_to_rfc3339(t)
+                ),
+                None => format!("vault {name} deleted for good (soft delete was off)"),
+            })?;
+        }
+        VaultCmd::Undelete { name } => {
+            api.call(reqwest::Method::POST, &format!("/api/v1/vaults/{name}/undelete"), None).await?;
+            println!("vault {name} is back");
+        }
+        VaultCmd::SetRetention { name, days, json } => {
+            let answer = api
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/vaults/{name}/retention"),
+                    Some(serde_json::json!({"days": days})),
+                )
+                .await?;
+            let r = critical::follow(&mut api, answer).await?;
+            print_result(&r, json, |_| format!("{name}: retention is now {days} days"))?;
+        }
+        VaultCmd::SetImmutability { name, state, json } => {
+            let answer = api
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/vaults/{name}/immutability"),
+                    Some(serde_json::json!({"state": state})),
+                )
+                .await?;
+            let r = critical::follow(&mut api, answer).await?;
+            print_result(&r, json, |_| format!("{name}: immutability is now {state}"))?;
+        }
+        VaultCmd::SetPolicy { name, require_hardware, approval_max_age, distinct_approver, rotate_key_days, json } => {
+            let answer = api
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/vaults/{name}/policy"),
+                    Some(
+                        serde_json::json!({"require_hardware": require_hardware, "approval_max_age": approval_max_age,
+                        "distinct_approver": distinct_approver, "rotate_key_days": rotate_key_days}),
+                    ),
+                )
+                .await?;
+            let r = critical::follow(&mut api, answer).await?;
+            print_result(&r, json, |r| format!("{name}: policy is now {}", r["policy"]))?;
+        }
+        VaultCmd::RotateKey { name, retire: None, json } => {
             let v = api.call(reqwest::Method::POST, &format!("/api/v1/vaults/{name}/rotate-key"), None).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?)
@@ -918,21 +1179,30 @@ async fn role_cmd(server: Option<&str>, token: Option<&str>, cmd: RoleCmd) -> an
     let mut api = client::Api::new(server, token)?;
     match cmd {
         RoleCmd::Assign(a) => {
-            api.call(
-                reqwest::Method::POST,
-                "/api/v1/roles",
-                Some(serde_json::json!({"username": a.user, "role": a.role, "vault": a.vault})),
-            )
-            .await?;
+            let answer = api
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/roles",
+                    Some(serde_json::json!({"username": a.user, "role": a.role, "vault": a.vault})),
+                )
+                .await?;
+            // Granting Owner or Security Admin is critical: the server answers with an approval.
+            if !answer.is_null() {
+                critical::follow(&mut api, answer).await?;
+            }
             println!("{} is now {}{}", a.user, a.role, a.vault.map(|v| format!(" on vault {v}")).unwrap_or_default());
         }
         RoleCmd::Revoke(a) => {
-            api.call(
-                reqwest::Method::POST,
-                "/api/v1/roles/revoke",
-                Some(serde_json::json!({"username": a.user, "role": a.role, "vault": a.vault})),
-            )
-            .await?;
+            let answer = api
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/roles/revoke",
+                    Some(serde_json::json!({"username": a.user, "role": a.role, "vault": a.vault})),
+                )
+                .await?;
+            if !answer.is_null() {
+                critical::follow(&mut api, answer).await?;
+            }
             println!(
                 "{} is no longer {}{}",
                 a.user,

@@ -124,11 +124,18 @@ pub enum Operation {
     PolicyChange,
     /// Read the audit log.
     AuditRead,
+    /// Delete a vault or one of its snapshots (soft: recoverable for the vault's retention).
+    Delete,
+    /// Bring back a soft-deleted vault or snapshot.
+    Undelete,
+    /// Approve someone else's critical operation with a passkey (Security Admins only: not
+    /// even an Owner holds it without the role).
+    CriticalApprove,
 }
 
 impl Operation {
     /// Every operation, for tables.
-    pub const ALL: [Operation; 10] = [
+    pub const ALL: [Operation; 13] = [
         Operation::VaultRead,
         Operation::VaultCreate,
         Operation::Backup,
@@ -139,6 +146,9 @@ impl Operation {
         Operation::RoleManage,
         Operation::PolicyChange,
         Operation::AuditRead,
+        Operation::Delete,
+        Operation::Undelete,
+        Operation::CriticalApprove,
     ];
 }
 
@@ -150,6 +160,47 @@ pub enum VaultKind {
     Test,
     /// Real backups.
     Production,
+}
+
+/// Whether a vault's recovery points can be removed early.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Immutability {
+    /// Snapshots within retention can be deleted (a critical operation) and retention shortened.
+    #[default]
+    Disabled,
+    /// Nothing within retention can be deleted and retention cannot be shortened, by anyone;
+    /// the setting itself can still be changed (a critical operation).
+    Enabled,
+    /// As enabled, for good: the setting can never change again.
+    Locked,
+}
+
+impl Immutability {
+    /// The command-line and API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Immutability::Disabled => "disabled",
+            Immutability::Enabled => "enabled",
+            Immutability::Locked => "locked",
+        }
+    }
+
+    /// Parses the command-line and API name.
+    pub fn parse(s: &str) -> Option<Immutability> {
+        [Immutability::Disabled, Immutability::Enabled, Immutability::Locked].into_iter().find(|i| i.as_str() == s)
+    }
+}
+
+/// Default retention of a vault: snapshots are protected, and deleted things recoverable, for
+/// this many days.
+pub const DEFAULT_RETENTION_DAYS: u32 = 14;
+
+/// Longest retention a vault accepts (ten years).
+pub const MAX_RETENTION_DAYS: u32 = 3650;
+
+fn default_retention_days() -> u32 {
+    DEFAULT_RETENTION_DAYS
 }
 
 /// What an approval of a restore from this vault needs.
@@ -167,6 +218,14 @@ pub struct VaultPolicy {
     /// days old (none: only on request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotate_key_days: Option<u32>,
+    /// Days a snapshot is protected after it is taken (deleting it earlier is a critical
+    /// operation, or impossible when immutable), and days a deleted snapshot or vault stays
+    /// recoverable before it is purged. 0 turns soft delete off.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+    /// Whether protected snapshots can be deleted at all.
+    #[serde(default)]
+    pub immutability: Immutability,
 }
 
 impl VaultPolicy {
@@ -178,6 +237,8 @@ impl VaultPolicy {
             approval_max_age: 300,
             distinct_approver: kind == VaultKind::Production,
             rotate_key_days: None,
+            retention_days: DEFAULT_RETENTION_DAYS,
+            immutability: Immutability::Disabled,
         }
     }
 }
@@ -218,6 +279,12 @@ pub enum DenyReason {
     /// User verification did not happen.
     #[error("user verification is required")]
     UserNotVerified,
+    /// The vault is immutable: nothing within retention can be deleted, retention cannot shrink.
+    #[error("this vault is immutable: nothing within its retention can be deleted and retention cannot be shortened")]
+    Immutable,
+    /// The vault's immutability is locked and can never change.
+    #[error("this vault's immutability is locked: it can never be changed")]
+    Locked,
 }
 
 impl DenyReason {
@@ -229,6 +296,8 @@ impl DenyReason {
             DenyReason::HardwareRequired => "policy.hardware_required",
             DenyReason::ApprovalTooOld => "policy.approval_too_old",
             DenyReason::UserNotVerified => "policy.user_not_verified",
+            DenyReason::Immutable => "policy.immutable",
+            DenyReason::Locked => "policy.locked",
         }
     }
 }
@@ -268,15 +337,19 @@ pub enum Decision {
 pub fn role_allows(role: Role, op: Operation) -> bool {
     use Operation::*;
     match role {
-        Role::Owner => true,
+        // Approving critical operations is the Security Admin's alone: an Owner who could also
+        // approve them would be the single account the second approval exists to stop.
+        Role::Owner => op != CriticalApprove,
         Role::Contributor => {
-            matches!(op, VaultRead | VaultCreate | Backup | Check | Retention | RestoreRequest)
+            matches!(op, VaultRead | VaultCreate | Backup | Check | Retention | RestoreRequest | Delete | Undelete)
         }
         Role::BackupOperator => matches!(op, VaultRead | Backup | Check | RestoreRequest),
         Role::RestoreOperator => matches!(op, VaultRead | RestoreRequest | RestoreApprove),
         Role::Reader => matches!(op, VaultRead | Check),
         Role::Auditor => matches!(op, VaultRead | AuditRead),
-        Role::SecurityAdmin => matches!(op, VaultRead | RoleManage | PolicyChange | AuditRead),
+        Role::SecurityAdmin => {
+            matches!(op, VaultRead | RoleManage | PolicyChange | AuditRead | Undelete | CriticalApprove)
+        }
     }
 }
 
@@ -291,11 +364,87 @@ fn holds(principal: &Principal, resource: &Resource<'_>, f: impl Fn(Role) -> boo
     })
 }
 
-/// Restore approval facts the decision needs beyond the principal.
+/// Approval facts the decision needs beyond the principal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApprovalFacts<'a> {
-    /// Who requested the restore being approved.
+    /// Who requested the restore or critical operation being approved.
     pub requester_id: &'a str,
+}
+
+/// A change that may weaken a vault or who controls it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Delete a vault; `protected`: some snapshot in it is still within retention.
+    DeleteVault {
+        /// Some snapshot is within retention.
+        protected: bool,
+    },
+    /// Delete one snapshot; `protected`: it is still within retention.
+    DeleteSnapshot {
+        /// It is within retention.
+        protected: bool,
+    },
+    /// Set the retention (and soft-delete) period to this many days.
+    SetRetention(u32),
+    /// Set immutability.
+    SetImmutability(Immutability),
+    /// Change the restore-approval policy (hardware, freshness, second person, rotation).
+    SetPolicy,
+    /// Retire a key-encryption key version.
+    RetireKey,
+    /// Grant a role.
+    GrantRole(Role),
+    /// Take a role away.
+    RevokeRole(Role),
+}
+
+/// How a [`Change`] may happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gate {
+    /// Right away, by anyone whose role allows it.
+    Direct,
+    /// Only after the requester's own passkey step-up and approvals from Security Admins other
+    /// than the requester, each bound to the operation.
+    Critical,
+    /// Never, by anyone, however approved.
+    Refused(DenyReason),
+}
+
+/// Which changes are critical, and which an immutable vault refuses outright. Pure; `vault` is
+/// the vault's current policy (none for server-wide role changes). Callers check again right
+/// before executing an approved change, so a vault locked meanwhile still refuses it.
+pub fn gate(change: &Change, vault: Option<&VaultPolicy>) -> Gate {
+    let immutability = vault.map(|v| v.immutability).unwrap_or_default();
+    let immutable = immutability != Immutability::Disabled;
+    match change {
+        Change::DeleteVault { protected } | Change::DeleteSnapshot { protected } if *protected && immutable => {
+            Gate::Refused(DenyReason::Immutable)
+        }
+        Change::DeleteVault { .. } => Gate::Critical,
+        Change::DeleteSnapshot { protected } => {
+            if *protected {
+                Gate::Critical
+            } else {
+                Gate::Direct
+            }
+        }
+        Change::SetRetention(days) => match vault {
+            Some(v) if *days >= v.retention_days => Gate::Direct,
+            Some(_) if immutable => Gate::Refused(DenyReason::Immutable),
+            _ => Gate::Critical,
+        },
+        Change::SetImmutability(_) if immutability == Immutability::Locked => Gate::Refused(DenyReason::Locked),
+        Change::SetImmutability(_) | Change::SetPolicy | Change::RetireKey => Gate::Critical,
+        Change::GrantRole(role) => match role {
+            Role::Owner | Role::SecurityAdmin => Gate::Critical,
+            _ => Gate::Direct,
+        },
+        Change::RevokeRole(role) => match role {
+            Role::SecurityAdmin => Gate::Critical,
+            _ => Gate::Direct,
+        },
+    }
 }
 
 /// Decides whether `principal`, authenticated as `auth`, may perform `op` on `resource` at
@@ -325,6 +474,15 @@ pub fn decide(
             },
             Resource::Server => Decision::Deny { reason: DenyReason::NoRole },
         },
+        Operation::CriticalApprove => {
+            if approval.is_some_and(|a| a.requester_id == principal.user_id) {
+                return Decision::Deny { reason: DenyReason::SelfApproval };
+            }
+            if now - auth.auth_time > ADMIN_MAX_AGE {
+                return Decision::Deny { reason: DenyReason::ApprovalTooOld };
+            }
+            Decision::Allow
+        }
         Operation::RestoreApprove => {
             let Resource::Vault { policy, .. } = resource else {
                 return Decision::Deny { reason: DenyReason::NoRole };
@@ -340,7 +498,7 @@ pub fn decide(
             }
             Decision::Allow
         }
-        Operation::RoleManage | Operation::PolicyChange => {
+        Operation::RoleManage | Operation::PolicyChange | Operation::Delete => {
             if now - auth.auth_time > ADMIN_MAX_AGE {
                 Decision::StepUp { acr_values: "phr phrh".into(), max_age: ADMIN_MAX_AGE }
             } else {
@@ -375,13 +533,13 @@ mod tests {
         // Columns: the operations in Operation::ALL order.
         let table: [(Role, &str, &str); 7] = [
             //                      software key   hardware key
-            (Role::Owner, "AAAAARHAAA", "AAAAARAAAA"),
-            (Role::Contributor, "AAAAAR----", "AAAAAR----"),
-            (Role::BackupOperator, "A-AA-R----", "A-AA-R----"),
-            (Role::RestoreOperator, "A----RH---", "A----RA---"),
-            (Role::Reader, "A--A------", "A--A------"),
-            (Role::Auditor, "A--------A", "A--------A"),
-            (Role::SecurityAdmin, "A------AAA", "A------AAA"),
+            (Role::Owner, "AAAAARHAAAAA-", "AAAAARAAAAAA-"),
+            (Role::Contributor, "AAAAAR----AA-", "AAAAAR----AA-"),
+            (Role::BackupOperator, "A-AA-R-------", "A-AA-R-------"),
+            (Role::RestoreOperator, "A----RH------", "A----RA------"),
+            (Role::Reader, "A--A---------", "A--A---------"),
+            (Role::Auditor, "A--------A---", "A--------A---"),
+            (Role::SecurityAdmin, "A------AAA-AA", "A------AAA-AA"),
         ];
         let requester = ApprovalFacts { requester_id: "someone-else" };
         for (role, soft, hard) in table {
@@ -448,6 +606,66 @@ mod tests {
         assert_eq!(
             decide(&p, &no_uv, Operation::RestoreApprove, &v, Some(&other), NOW),
             Decision::Deny { reason: DenyReason::UserNotVerified }
+        );
+    }
+
+    #[test]
+    fn critical_changes_and_what_immutability_refuses() {
+        let mut v = VaultPolicy::default_for(VaultKind::Production);
+        let crit = |c: &Change, v: &VaultPolicy| gate(c, Some(v));
+        use Change::*;
+        // Not immutable: deleting protected things, shortening retention, the settings and
+        // the keys are critical; lengthening retention and deleting expired snapshots are not.
+        assert_eq!(crit(&DeleteVault { protected: false }, &v), Gate::Critical);
+        assert_eq!(crit(&DeleteVault { protected: true }, &v), Gate::Critical);
+        assert_eq!(crit(&DeleteSnapshot { protected: true }, &v), Gate::Critical);
+        assert_eq!(crit(&DeleteSnapshot { protected: false }, &v), Gate::Direct);
+        assert_eq!(crit(&SetRetention(30), &v), Gate::Direct);
+        assert_eq!(crit(&SetRetention(7), &v), Gate::Critical);
+        assert_eq!(crit(&SetRetention(0), &v), Gate::Critical);
+        for i in [Immutability::Enabled, Immutability::Locked] {
+            assert_eq!(crit(&SetImmutability(i), &v), Gate::Critical);
+        }
+        assert_eq!(crit(&SetPolicy, &v), Gate::Critical);
+        assert_eq!(crit(&RetireKey, &v), Gate::Critical);
+        // Enabled and locked refuse early deletion and shorter retention outright; only
+        // locked refuses changing the setting.
+        for (i, setting) in
+            [(Immutability::Enabled, Gate::Critical), (Immutability::Locked, Gate::Refused(DenyReason::Locked))]
+        {
+            v.immutability = i;
+            assert_eq!(crit(&DeleteVault { protected: true }, &v), Gate::Refused(DenyReason::Immutable));
+            assert_eq!(crit(&DeleteSnapshot { protected: true }, &v), Gate::Refused(DenyReason::Immutable));
+            assert_eq!(crit(&DeleteVault { protected: false }, &v), Gate::Critical);
+            assert_eq!(crit(&DeleteSnapshot { protected: false }, &v), Gate::Direct);
+            assert_eq!(crit(&SetRetention(13), &v), Gate::Refused(DenyReason::Immutable));
+            assert_eq!(crit(&SetRetention(15), &v), Gate::Direct);
+            assert_eq!(crit(&SetImmutability(Immutability::Disabled), &v), setting);
+        }
+        // Roles: handing out or taking away the power to approve is critical.
+        assert_eq!(gate(&GrantRole(Role::Owner), None), Gate::Critical);
+        assert_eq!(gate(&GrantRole(Role::SecurityAdmin), None), Gate::Critical);
+        assert_eq!(gate(&RevokeRole(Role::SecurityAdmin), None), Gate::Critical);
+        assert_eq!(gate(&GrantRole(Role::Reader), None), Gate::Direct);
+        assert_eq!(gate(&RevokeRole(Role::Contributor), None), Gate::Direct);
+    }
+
+    #[test]
+    fn critical_approvals_need_a_security_admin_other_than_the_requester() {
+        let vp = VaultPolicy::default_for(VaultKind::Test);
+        let v = Resource::Vault { name: "v", policy: &vp };
+        let other = ApprovalFacts { requester_id: "u2" };
+        let own = ApprovalFacts { requester_id: "u1" };
+        let sa = principal(Role::SecurityAdmin, Scope::Server);
+        assert_eq!(decide(&sa, &auth(false, 0), Operation::CriticalApprove, &v, Some(&other), NOW), Decision::Allow);
+        assert_eq!(
+            decide(&sa, &auth(false, 0), Operation::CriticalApprove, &v, Some(&own), NOW),
+            Decision::Deny { reason: DenyReason::SelfApproval }
+        );
+        let owner = principal(Role::Owner, Scope::Server);
+        assert_eq!(
+            decide(&owner, &auth(true, 0), Operation::CriticalApprove, &v, Some(&other), NOW),
+            Decision::Deny { reason: DenyReason::NoRole }
         );
     }
 

@@ -188,14 +188,21 @@ document.addEventListener("DOMContentLoaded", () => {
       const start = await api(`/api/v1/approvals/${encodeURIComponent(id)}/start`, {});
       if (start.digest !== document.getElementById("digest").textContent) throw new Error("the operation changed; reload the page");
       const cred = await navigator.credentials.get(requestOptions(start.options));
-      await api(`/api/v1/approvals/${encodeURIComponent(id)}/finish`, { ceremony_id: start.ceremony_id, credential: assertionJson(cred) });
-      document.getElementById("approval-status").textContent = "approved";
-      status("Approved. The restore can start.");
+      const done = await api(`/api/v1/approvals/${encodeURIComponent(id)}/finish`, { ceremony_id: start.ceremony_id, credential: assertionJson(cred) });
+      if (done && done.kind === "critical") {
+        document.getElementById("approval-status").textContent = done.status;
+        const waiting = document.getElementById("approval-waiting");
+        if (waiting) waiting.textContent = done.waiting_for.length ? done.waiting_for.join(", ") : "nothing";
+        status(done.status === "executed" ? "Approved. The operation ran." : done.status === "failed" ? `Approved, but the operation did not run: ${done.result.error}` : `Recorded. Still needed: ${done.waiting_for.join(", ")}.`);
+      } else {
+        document.getElementById("approval-status").textContent = "approved";
+        status("Approved. The restore can start.");
+      }
     });
     document.getElementById("deny").onclick = run(async () => {
       await api(`/api/v1/approvals/${encodeURIComponent(id)}/deny`, {});
       document.getElementById("approval-status").textContent = "denied";
-      status("Denied. The restore will not run.");
+      status("Denied. It will not run.");
     });
   } else if (page === "credentials") {
     loadCredentials().catch((e) => status(e.message, true));

@@ -70,8 +70,7 @@ pub fn approval_challenge(digest_hex: &str, nonce: &[u8; 32]) -> [u8; 32] {
 }
 
 async fn vault_policy(state: &AppState, name: &str) -> ApiResult<VaultPolicy> {
-    let v = state.store.vault(name).await?.ok_or_else(|| ApiError::NotFound(format!("no vault {name}")))?;
-    serde_json::from_str(&v.policy_json).map_err(internal)
+    Ok(crate::critical::live_vault(state, name).await?.1)
 }
 
 #[derive(Deserialize)]
@@ -103,13 +102,9 @@ pub(crate) async fn request(
             return Err(ApiError::BadRequest(format!("bad path to restore: {path:?}")));
         }
     }
-    // The snapshot must exist: resolve a prefix to the full id now, so the digest names it exactly.
-    let repo = crate::backups::open_repo(&state, &vault).await?;
-    let spec = body.snapshot.clone();
-    let (snap_id, _) = tokio::task::spawn_blocking(move || repo.find_snapshot(&spec))
-        .await
-        .map_err(internal)?
-        .map_err(|e| ApiError::NotFound(e.to_string()))?;
+    // The snapshot must exist (and not be deleted): resolve a prefix to the full id now, so
+    // the digest names it exactly.
+    let (snap_id, _) = crate::critical::live_snapshot(&state, &vault, &body.snapshot).await?;
     let now = state.clock.now();
     let op = RestoreOperation {
         kind: "restore".into(),
@@ -140,6 +135,8 @@ pub(crate) async fn request(
             approved_at: None,
             evidence_json: None,
             grant_hash: None,
+            required: 1,
+            result_json: None,
         })
         .await?;
     let url = state.link(&format!("/approvals/{id}"));
@@ -167,6 +164,10 @@ async fn load(state: &AppState, id: &str) -> ApiResult<store::Approval> {
 /// `GET /api/v1/approvals/{id}`: the operation in full (for the requester and possible approvers).
 pub(crate) async fn show(State(state): St, p: Principal, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
     let a = load(&state, &id).await?;
+    if a.kind == "critical" {
+        crate::critical::may_see(&state, &p, &a).await?;
+        return Ok(Json(crate::critical::show(&state, &a).await?));
+    }
     let policy = vault_policy(&state, &a.vault).await?;
     if a.requester_id != p.user.id {
         authorize(&state, &p, Operation::VaultRead, &Resource::Vault { name: &a.vault, policy: &policy }).await?;
@@ -248,11 +249,15 @@ pub(crate) async fn start(
 ) -> ApiResult<Json<serde_json::Value>> {
     let a = load(&state, &id).await?;
     pending(&a, state.clock.now())?;
-    let policy = vault_policy(&state, &a.vault).await?;
     // Role and four-eyes are known before the ceremony; strength and freshness are checked on
     // the assertion itself at finish.
-    let provisional = policy::AuthContext { hardware: true, user_verified: true, auth_time: state.clock.now() };
-    may_approve(&state, &p, &a, &policy, &provisional).await?;
+    if a.kind == "critical" {
+        crate::critical::may_vote(&state, &p, &a).await?;
+    } else {
+        let policy = vault_policy(&state, &a.vault).await?;
+        let provisional = policy::AuthContext { hardware: true, user_verified: true, auth_time: state.clock.now() };
+        may_approve(&state, &p, &a, &policy, &provisional).await?;
+    }
     let creds = crate::routes::active_credentials(&state, &p.user.id).await?;
     let mut nonce = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
@@ -280,12 +285,13 @@ pub(crate) async fn finish(
 ) -> ApiResult<Json<serde_json::Value>> {
     let c: LoginCeremony = take_ceremony(&state, &body.ceremony_id, "approval").await?;
     let a = load(&state, &id).await?;
+    let kind = if a.kind == "critical" { "critical.approve" } else { "restore.approve" };
     match &c.approval {
         Some((cid, digest)) if *cid == a.id && *digest == a.digest => {}
         _ => {
             audit(
                 &state,
-                "restore.approve",
+                kind,
                 &p.user.username,
                 "refused",
                 serde_json::json!({"approval_id": a.id, "reason": "ceremony belongs to another approval"}),
@@ -299,11 +305,7 @@ pub(crate) async fn finish(
     }
     let now = state.clock.now();
     pending(&a, now)?;
-    let (user, record, strength) = verify_assertion(&state, &c, &body.credential, "restore.approve").await?;
-    let policy = vault_policy(&state, &a.vault).await?;
-    let auth =
-        policy::AuthContext { hardware: strength.hardware, user_verified: strength.user_verified, auth_time: now };
-    may_approve(&state, &p, &a, &policy, &auth).await?;
+    let (user, record, strength) = verify_assertion(&state, &c, &body.credential, kind).await?;
     let r = &body.credential.response;
     let b64 = identity::passkey::b64url;
     let evidence = serde_json::json!({
@@ -316,14 +318,6 @@ pub(crate) async fn finish(
         "amr": strength.amr(),
         "acr": strength.acr(),
     });
-    if !state.store.decide_approval(&a.id, &a.digest, true, &user.id, &evidence.to_string(), now).await? {
-        return Err(ApiError::Conflict("this approval was decided meanwhile".into()));
-    }
-    state.metrics.approvals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    state
-        .metrics
-        .approval_seconds_sum
-        .fetch_add((now - a.created_at).max(0) as u64, std::sync::atomic::Ordering::Relaxed);
     // Everything an auditor needs to re-check this approval offline: the assertion, and what
     // its challenge was derived from (see `auditlog::export`).
     let record = serde_json::json!({
@@ -339,6 +333,21 @@ pub(crate) async fn finish(
             "rp_id": state.rp.rp_id(), "origin": state.rp.origin().as_str().trim_end_matches('/'),
         },
     });
+    if a.kind == "critical" {
+        return crate::critical::vote(&state, &p, &a, &strength, evidence, record).await;
+    }
+    let policy = vault_policy(&state, &a.vault).await?;
+    let auth =
+        policy::AuthContext { hardware: strength.hardware, user_verified: strength.user_verified, auth_time: now };
+    may_approve(&state, &p, &a, &policy, &auth).await?;
+    if !state.store.decide_approval(&a.id, &a.digest, true, &user.id, &evidence.to_string(), now).await? {
+        return Err(ApiError::Conflict("this approval was decided meanwhile".into()));
+    }
+    state.metrics.approvals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state
+        .metrics
+        .approval_seconds_sum
+        .fetch_add((now - a.created_at).max(0) as u64, std::sync::atomic::Ordering::Relaxed);
     audit(&state, "restore.approve", &user.username, "approved", record).await?;
     Ok(Json(serde_json::json!({ "approved": true, "digest": a.digest })))
 }
@@ -347,6 +356,19 @@ pub(crate) async fn finish(
 pub(crate) async fn deny(State(state): St, p: Principal, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
     let a = load(&state, &id).await?;
     pending(&a, state.clock.now())?;
+    if a.kind == "critical" {
+        crate::critical::may_deny(&state, &p, &a).await?;
+        let denied = state.store.decide_approval(&a.id, &a.digest, false, &p.user.id, "{}", state.clock.now()).await?;
+        audit(
+            &state,
+            "critical.deny",
+            &p.user.username,
+            if denied { "denied" } else { "not_pending" },
+            serde_json::json!({"approval_id": a.id, "digest": a.digest}),
+        )
+        .await?;
+        return Ok(Json(serde_json::json!({ "denied": denied })));
+    }
     let policy = vault_policy(&state, &a.vault).await?;
     let principal = policy_principal(&state, &p.user.id).await?;
     let may = a.requester_id == p.user.id
@@ -381,7 +403,7 @@ pub(crate) async fn status(
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let a = load(&state, &id).await?;
-    if a.requester_id != p.user.id {
+    if a.requester_id != p.user.id || a.kind != "restore" {
         return Err(ApiError::NotFound("no such approval".into()));
     }
     let now = state.clock.now();

@@ -187,9 +187,9 @@ pub(crate) async fn open_fresh(state: &AppState, vault: &str) -> ApiResult<Repos
     .map_err(repo_err)
 }
 
+/// The policy of a vault in use (a deleted vault is a conflict that names `undelete`).
 pub(crate) async fn vault_policy(state: &AppState, name: &str) -> ApiResult<VaultPolicy> {
-    let v = state.store.vault(name).await?.ok_or_else(|| ApiError::NotFound(format!("no vault {name}")))?;
-    serde_json::from_str(&v.policy_json).map_err(internal)
+    Ok(crate::critical::live_vault(state, name).await?.1)
 }
 
 /// `POST /api/v1/vaults/{vault}/backups`: opens a backup session.
@@ -413,17 +413,29 @@ pub(crate) async fn snapshots(
     authorize(&state, &p, Operation::VaultRead, &Resource::Vault { name: &vault, policy: &policy }).await?;
     let repo = open_repo(&state, &vault).await?;
     let list = tokio::task::spawn_blocking(move || repo.snapshots()).await.map_err(internal)?.map_err(repo_err)?;
-    let out: Vec<serde_json::Value> = list
-        .iter()
-        .map(|(id, s)| {
-            serde_json::json!({
-                "id": id.to_hex(), "short_id": id.short(),
-                "time": s.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-                "paths": s.paths, "hostname": s.hostname, "tree": s.tree.to_hex(), "summary": s.summary,
-            })
-        })
-        .collect();
-    Ok(Json(serde_json::json!({ "snapshots": out })))
+    let deleted: std::collections::HashMap<String, store::DeletedSnapshot> =
+        state.store.deleted_snapshots(&vault).await?.into_iter().map(|d| (d.snapshot.clone(), d)).collect();
+    let now = state.clock.now();
+    let (mut live, mut gone) = (Vec::new(), Vec::new());
+    for (id, s) in &list {
+        let protected_until = s.time.unix_timestamp() + i64::from(policy.retention_days) * 86_400;
+        let mut v = serde_json::json!({
+            "id": id.to_hex(), "short_id": id.short(),
+            "time": s.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            "paths": s.paths, "hostname": s.hostname, "tree": s.tree.to_hex(), "summary": s.summary,
+            "protected_until": protected_until, "protected": protected_until > now,
+        });
+        match deleted.get(&id.to_hex()) {
+            Some(d) => {
+                v["deleted_at"] = d.deleted_at.into();
+                v["deleted_by"] = d.deleted_by.clone().into();
+                v["purge_at"] = d.purge_at.into();
+                gone.push(v);
+            }
+            None => live.push(v),
+        }
+    }
+    Ok(Json(serde_json::json!({ "snapshots": live, "deleted": gone })))
 }
 
 /// `GET /api/v1/vaults/{vault}/trees/{id}`: a directory listing (for incremental backups).

@@ -8,6 +8,7 @@ pub mod audit_api;
 pub mod audit_log;
 pub mod auth;
 pub mod backups;
+pub mod critical;
 pub mod error;
 pub mod metrics;
 pub mod pages;
@@ -44,7 +45,14 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/invites", post(invite))
         .route("/users", get(list_users))
         .route("/vaults", post(vaults::create_vault).get(vaults::list_vaults))
-        .route("/vaults/{name}", get(vaults::show_vault))
+        .route("/vaults/{name}", get(vaults::show_vault).delete(critical::delete_vault))
+        .route("/vaults/{name}/undelete", post(critical::undelete_vault))
+        .route("/vaults/{name}/snapshots/{id}", delete(critical::delete_snapshot))
+        .route("/vaults/{name}/snapshots/{id}/undelete", post(critical::undelete_snapshot))
+        .route("/vaults/{name}/retention", post(critical::set_retention))
+        .route("/vaults/{name}/immutability", post(critical::set_immutability))
+        .route("/vaults/{name}/policy", post(critical::set_policy))
+        .route("/vaults/{name}/retire-key", post(critical::retire_key))
         .route("/roles", post(vaults::assign_role).get(vaults::list_roles))
         .route("/roles/revoke", post(vaults::revoke_role))
         .route("/policy/simulate", post(vaults::simulate))
@@ -138,16 +146,29 @@ pub async fn first_start_link(state: &AppState) -> Result<Option<String>, error:
 }
 
 /// Housekeeping every [`audit_log::CHECKPOINT_SECONDS`]: signs an audit checkpoint if the log
-/// grew (besides every [`audit_log::CHECKPOINT_RECORDS`] records) and rotates vault keys whose
-/// policy says they are due; stops when the server state is gone.
+/// grew (besides every [`audit_log::CHECKPOINT_RECORDS`] records), rotates vault keys whose
+/// policy says they are due, purges deleted snapshots and vaults whose retention has passed and
+/// runs approved critical operations not run yet (at start also those a previous process was
+/// running when it died); stops when the server state is gone.
 fn spawn_housekeeping(state: &Arc<AppState>) {
     let weak = Arc::downgrade(state);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(audit_log::CHECKPOINT_SECONDS));
         tick.tick().await;
+        if let Some(state) = weak.upgrade() {
+            if let Err(e) = critical::resume(&state, true).await {
+                tracing::error!(error = %e, "could not finish interrupted critical operations");
+            }
+        }
         loop {
             tick.tick().await;
             let Some(state) = weak.upgrade() else { return };
+            if let Err(e) = critical::resume(&state, false).await {
+                tracing::error!(error = %e, "could not run approved critical operations");
+            }
+            if let Err(e) = critical::purge_due(&state).await {
+                tracing::error!(error = %e, "could not purge deleted snapshots or vaults");
+            }
             if let Err(e) = state.audit_log.checkpoint(&state.store, state.clock.now()).await {
                 tracing::error!(error = %e, "could not sign an audit checkpoint");
             }

@@ -145,6 +145,9 @@ pub(crate) async fn approval_page(
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default();
+    if a.kind == "critical" {
+        return critical_page(&state, &a, &op, &when).await;
+    }
     let paths = op["paths"]
         .as_array()
         .map(|v| v.iter().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(", "))
@@ -172,6 +175,44 @@ pub(crate) async fn approval_page(
         digest = esc(&a.digest),
     );
     page("Approve a restore", "approval", &format!(r#"data-approval="{}""#, esc(&id)), &body)
+}
+
+/// The approval page of a critical operation: every field of the operation, who asked, what
+/// is still needed, and the digest the passkey signs.
+async fn critical_page(state: &AppState, a: &store::Approval, op: &serde_json::Value, when: &str) -> Response {
+    let shown = crate::critical::show(state, a).await.unwrap_or_default();
+    let details: String = op
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !matches!(k.as_str(), "kind" | "requester_id" | "request_time"))
+        .map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            format!("<dt>{}</dt><dd><code>{}</code></dd>\n", esc(k), esc(&v))
+        })
+        .collect();
+    let waiting: Vec<String> = serde_json::from_value(shown["waiting_for"].clone()).unwrap_or_default();
+    let approved_by: Vec<String> = serde_json::from_value(shown["approved_by"].clone()).unwrap_or_default();
+    let body = format!(
+        r#"<p>A critical operation waits for a second person. The requester confirms it with their own passkey; Security Admins other than the requester approve it. It runs exactly as shown, once, or not at all.</p>
+<dl>
+{details}<dt>Requested at</dt><dd>{when}</dd>
+<dt>Status</dt><dd id="approval-status">{status}</dd>
+<dt>Still needed</dt><dd id="approval-waiting">{waiting}</dd>
+<dt>Approved by</dt><dd>{approved_by}</dd>
+<dt>Operation digest (SHA-256)</dt><dd><code id="digest">{digest}</code></dd>
+</dl>
+<button id="approve" type="button">Approve with passkey</button> <button id="deny" type="button">Deny</button>"#,
+        when = esc(when),
+        status = esc(shown["status"].as_str().unwrap_or("")),
+        waiting = if waiting.is_empty() { "nothing".to_string() } else { esc(&waiting.join(", ")) },
+        approved_by = if approved_by.is_empty() { "nobody yet".to_string() } else { esc(&approved_by.join(", ")) },
+        digest = esc(&a.digest),
+    );
+    page("Approve a critical operation", "approval", &format!(r#"data-approval="{}""#, esc(&a.id)), &body)
 }
 
 /// `GET /credentials`

@@ -83,11 +83,48 @@ pub(crate) async fn forget(
     let repo = open_repo(&state, &vault).await?;
     let dry_run = body.dry_run;
     let r = repo.clone();
-    let decisions = tokio::task::spawn_blocking(move || repo::maintenance::forget(&r, &rules, dry_run))
-        .await
-        .map_err(internal)?
-        .map_err(engine_err)?;
+    // Keep rules apply to the snapshots in use; deleted ones are already on their way out.
+    let deleted: std::collections::HashSet<String> =
+        state.store.deleted_snapshots(&vault).await?.into_iter().map(|d| d.snapshot).collect();
+    let mut decisions = tokio::task::spawn_blocking(move || {
+        let live: Vec<_> = r.snapshots()?.into_iter().filter(|(id, _)| !deleted.contains(&id.to_hex())).collect();
+        repo::maintenance::plan_forget(&live, &rules)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(engine_err)?;
+    // Retention protects every snapshot younger than the vault's retention days, whatever the
+    // rules say; the rest go to soft delete (or straight away when soft delete is off).
+    let now = state.clock.now();
+    for d in decisions.iter_mut().filter(|d| !d.keep) {
+        if d.time.unix_timestamp() + i64::from(policy.retention_days) * 86_400 > now {
+            d.keep = true;
+            d.reasons.push("retention".into());
+        }
+    }
     let removed: Vec<String> = decisions.iter().filter(|d| !d.keep).map(|d| d.id.to_hex()).collect();
+    if !dry_run {
+        let purge_at = now + i64::from(policy.retention_days) * 86_400;
+        for id in &removed {
+            if policy.retention_days == 0 {
+                let Some(sid) = repo::Id::from_hex(id) else { continue };
+                let r = repo.clone();
+                tokio::task::spawn_blocking(move || r.delete_snapshot(&sid))
+                    .await
+                    .map_err(internal)?
+                    .map_err(engine_err)?;
+            } else {
+                let d = store::DeletedSnapshot {
+                    vault: vault.clone(),
+                    snapshot: id.clone(),
+                    deleted_at: now,
+                    deleted_by: p.user.username.clone(),
+                    purge_at,
+                };
+                state.store.soft_delete_snapshot(&d).await?;
+            }
+        }
+    }
     audit(
         &state,
         "vault.forget",
@@ -170,7 +207,7 @@ pub(crate) async fn rotate_key(
     Ok(Json(rotate(&state, &vault, &p.user.username, "requested", held).await?))
 }
 
-async fn rotate(
+pub(crate) async fn rotate(
     state: &Arc<AppState>,
     vault: &str,
     actor: &str,
@@ -199,6 +236,9 @@ async fn rotate(
 pub async fn rotate_due_keys(state: &Arc<AppState>) -> ApiResult<Vec<(String, u32)>> {
     let mut done = Vec::new();
     for v in state.store.list_vaults().await? {
+        if v.deleted_at.is_some() {
+            continue;
+        }
         let policy: policy::VaultPolicy = serde_json::from_str(&v.policy_json).map_err(internal)?;
         let Some(days) = policy.rotate_key_days else { continue };
         let repo = open_repo(state, &v.name).await?;

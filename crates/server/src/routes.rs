@@ -624,6 +624,16 @@ pub(crate) async fn invite(
     require_owner(&state, &p, "invite users").await?;
     validate_username(&body.username)?;
     check_role_name(&body.role)?;
+    // An invite must not be a way around the second approval that granting these roles needs:
+    // once a Security Admin exists, invite with a lesser role and `role assign` (critical).
+    if matches!(body.role.as_str(), "owner" | "security-admin")
+        && state.store.count_active_users_with_role("security-admin", state.clock.now()).await? > 0
+    {
+        return Err(ApiError::Conflict(format!(
+            "granting {} needs a Security Admin's approval: invite with another role, then `strongroom role assign` it",
+            body.role
+        )));
+    }
     let url = create_enroll_link(&state, &body.username, &body.role, None, None, &p.user.username).await?;
     Ok(Json(serde_json::json!({ "url": url })))
 }

@@ -63,6 +63,9 @@ pub struct ServerConfig {
     pub checkpoint_packs: usize,
     /// Where the master key comes from (default: the key file `keys/master.key`).
     pub master: Option<repo::crypto::MasterSource>,
+    /// Security Admin approvals a critical operation needs besides the requester's own
+    /// step-up, 1 to 10 (default 1).
+    pub critical_approvals: u32,
 }
 
 impl ServerConfig {
@@ -75,6 +78,7 @@ impl ServerConfig {
             access_token_seconds: identity::token::ACCESS_TOKEN_SECONDS,
             checkpoint_packs: repo::writer::CHECKPOINT_PACKS,
             master: None,
+            critical_approvals: 1,
         }
     }
 }
@@ -107,6 +111,8 @@ pub struct AppState {
     pub checkpoint_packs: usize,
     /// The verifiable audit log.
     pub audit_log: crate::audit_log::AuditLog,
+    /// Security Admin approvals a critical operation needs.
+    pub critical_approvals: u32,
 }
 
 /// Errors of start-up.
@@ -165,6 +171,9 @@ pub async fn open_state(config: &ServerConfig, clock: Clock) -> Result<AppState,
             identity::token::ACCESS_TOKEN_SECONDS
         )));
     }
+    if !(1..=10).contains(&config.critical_approvals) {
+        return Err(StartError::Config("critical_approvals must be between 1 and 10".into()));
+    }
     if config.checkpoint_packs == 0 {
         return Err(StartError::Config("checkpoint_packs must be at least 1".into()));
     }
@@ -189,6 +198,7 @@ pub async fn open_state(config: &ServerConfig, clock: Clock) -> Result<AppState,
         access_token_seconds: config.access_token_seconds,
         checkpoint_packs: config.checkpoint_packs,
         audit_log,
+        critical_approvals: config.critical_approvals,
     })
 }
 

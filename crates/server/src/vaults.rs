@@ -96,8 +96,25 @@ async fn load_vault(state: &AppState, name: &str) -> ApiResult<(store::Vault, Va
 fn vault_json(v: &store::Vault, policy: &VaultPolicy) -> serde_json::Value {
     serde_json::json!({
         "name": v.name, "kind": v.kind, "created_at": v.created_at, "created_by": v.created_by,
-        "policy": policy,
+        "policy": policy, "state": if v.deleted_at.is_some() { "deleted" } else { "active" },
+        "deleted_at": v.deleted_at, "deleted_by": v.deleted_by, "purge_at": v.purge_at,
     })
+}
+
+/// `approval_max_age` is 30 seconds to 7 days.
+pub(crate) fn check_approval_max_age(seconds: i64) -> ApiResult<i64> {
+    if !(30..=7 * 24 * 3600).contains(&seconds) {
+        return Err(ApiError::BadRequest("approval_max_age is 30 seconds to 7 days".into()));
+    }
+    Ok(seconds)
+}
+
+/// `rotate_key_days` is 1 to 3650.
+pub(crate) fn check_rotate_key_days(days: u32) -> ApiResult<u32> {
+    if !(1..=3650).contains(&days) {
+        return Err(ApiError::BadRequest("rotate_key_days is 1 to 3650".into()));
+    }
+    Ok(days)
 }
 
 #[derive(Deserialize)]
@@ -113,6 +130,12 @@ pub(crate) struct CreateVault {
     distinct_approver: Option<bool>,
     #[serde(default)]
     rotate_key_days: Option<u32>,
+    /// Days snapshots are protected and deleted things recoverable (default 14; 0: no soft delete).
+    #[serde(default)]
+    retention_days: Option<u32>,
+    /// `disabled` (default), `enabled` or `locked`.
+    #[serde(default)]
+    immutability: Option<String>,
 }
 
 /// `POST /api/v1/vaults`
@@ -129,22 +152,33 @@ pub(crate) async fn create_vault(
         policy.require_hardware = h;
     }
     if let Some(a) = body.approval_max_age {
-        if !(30..=7 * 24 * 3600).contains(&a) {
-            return Err(ApiError::BadRequest("approval_max_age is 30 seconds to 7 days".into()));
-        }
-        policy.approval_max_age = a;
+        policy.approval_max_age = check_approval_max_age(a)?;
     }
     if let Some(d) = body.distinct_approver {
         policy.distinct_approver = d;
     }
     if let Some(days) = body.rotate_key_days {
-        if !(1..=3650).contains(&days) {
-            return Err(ApiError::BadRequest("rotate_key_days is 1 to 3650".into()));
-        }
-        policy.rotate_key_days = Some(days);
+        policy.rotate_key_days = Some(check_rotate_key_days(days)?);
     }
-    if state.store.vault(&body.name).await?.is_some() {
-        return Err(ApiError::Conflict(format!("vault {} already exists", body.name)));
+    // A new vault has nothing to protect yet: any retention and immutability may be set now.
+    if let Some(days) = body.retention_days {
+        if days > policy::MAX_RETENTION_DAYS {
+            return Err(ApiError::BadRequest(format!("retention is 0 to {} days", policy::MAX_RETENTION_DAYS)));
+        }
+        policy.retention_days = days;
+    }
+    if let Some(i) = &body.immutability {
+        policy.immutability = policy::Immutability::parse(i)
+            .ok_or_else(|| ApiError::BadRequest("immutability is one of disabled, enabled, locked".into()))?;
+    }
+    if let Some(old) = state.store.vault(&body.name).await? {
+        return Err(ApiError::Conflict(match old.purge_at {
+            Some(t) => format!(
+                "vault {} is deleted but recoverable until its purge (unix time {t}): undelete it, or pick another name",
+                body.name
+            ),
+            None => format!("vault {} already exists", body.name),
+        }));
     }
     // The repository first: a vault row never points at storage that does not exist.
     let dir = state.data_dir.join("vaults").join(&body.name);
@@ -172,6 +206,9 @@ pub(crate) async fn create_vault(
         policy_json: serde_json::to_string(&policy).map_err(|e| ApiError::Internal(e.to_string()))?,
         created_at: state.clock.now(),
         created_by: p.user.id.clone(),
+        deleted_at: None,
+        deleted_by: None,
+        purge_at: None,
     };
     state.store.create_vault(&v).await?;
     audit(
@@ -254,9 +291,19 @@ async fn role_change_target(state: &AppState, p: &Principal, body: &RoleChange) 
     Ok((user, role))
 }
 
-/// `POST /api/v1/roles` `{"username", "role", "vault"?}`
-pub(crate) async fn assign_role(State(state): St, p: Principal, Json(body): Json<RoleChange>) -> ApiResult<StatusCode> {
+/// `POST /api/v1/roles` `{"username", "role", "vault"?}`: `204` when done; granting Owner or
+/// Security Admin is critical (`202` with the approval to wait for).
+pub(crate) async fn assign_role(
+    State(state): St,
+    p: Principal,
+    Json(body): Json<RoleChange>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     let (user, role) = role_change_target(&state, &p, &body).await?;
+    if matches!(role, Role::Owner | Role::SecurityAdmin) {
+        let action = crate::critical::Action::RoleAssign { user: user.username.clone(), role };
+        return crate::critical::gate_or_request(&state, &p, body.vault.as_deref(), action).await;
+    }
     state
         .store
         .add_role(&store::RoleAssignment {
@@ -273,17 +320,27 @@ pub(crate) async fn assign_role(State(state): St, p: Principal, Json(body): Json
         serde_json::json!({"user": user.username, "role": role, "vault": body.vault}),
     )
     .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `POST /api/v1/roles/revoke` `{"username", "role", "vault"?}`
-pub(crate) async fn revoke_role(State(state): St, p: Principal, Json(body): Json<RoleChange>) -> ApiResult<StatusCode> {
+/// `POST /api/v1/roles/revoke` `{"username", "role", "vault"?}`: `204` when done; removing a
+/// Security Admin is critical (`202`).
+pub(crate) async fn revoke_role(
+    State(state): St,
+    p: Principal,
+    Json(body): Json<RoleChange>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     let (user, role) = role_change_target(&state, &p, &body).await?;
     if role == Role::Owner && body.vault.is_none() {
         let owners = state.store.count_active_users_with_role("owner", state.clock.now()).await?;
         if owners <= 1 {
             return Err(ApiError::Conflict("the last Owner cannot be removed".into()));
         }
+    }
+    if role == Role::SecurityAdmin {
+        let action = crate::critical::Action::RoleRevoke { user: user.username.clone(), role };
+        return crate::critical::gate_or_request(&state, &p, body.vault.as_deref(), action).await;
     }
     let removed = state
         .store
@@ -304,7 +361,7 @@ pub(crate) async fn revoke_role(State(state): St, p: Principal, Json(body): Json
         serde_json::json!({"user": user.username, "role": role, "vault": body.vault}),
     )
     .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `GET /api/v1/roles`: every assignment (Owner, Security Admin, Auditor).

@@ -96,6 +96,13 @@ impl Srv {
         v["access_token"].as_str().unwrap().to_string()
     }
 
+    async fn delete(&self, path: &str, bearer: &str) -> (StatusCode, Value) {
+        let resp = self.http.delete(format!("{}{path}", self.base)).bearer_auth(bearer).send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
     async fn audit_kinds(&self) -> Vec<String> {
         self.state.store.audit_events(0, 10_000).await.unwrap().into_iter().map(|e| e.event.kind).collect()
     }
@@ -1094,6 +1101,8 @@ async fn retention_runs_on_the_servers_commit_times_and_prune_never_overlaps_a_b
         assert!((c["time"].as_i64().unwrap() - now).abs() <= 2, "day {day}: {c} is not the server's time {now}");
         s.state.clock.advance(86_400);
     }
+    // Two weeks on, the vault's retention (14 days) no longer protects the oldest ones.
+    s.state.clock.advance(14 * 86_400);
     let to = s.token(&mut owner, Some("owner")).await;
     let (_, list) = s.get("/api/v1/vaults/prod/snapshots", Some(&to)).await;
     let snaps = list["snapshots"].as_array().unwrap();
@@ -1140,6 +1149,7 @@ async fn retention_runs_on_the_servers_commit_times_and_prune_never_overlaps_a_b
     let (_, list) = s.get("/api/v1/vaults/prod/snapshots", Some(&to)).await;
     let left = list["snapshots"].as_array().unwrap();
     assert_eq!(left.len(), 3);
+    assert_eq!(list["deleted"].as_array().unwrap().len(), 2, "forgotten snapshots are soft-deleted: {list}");
     assert_eq!(left.iter().filter(|x| x["hostname"] == "web").count(), 2);
     let (st, r) = s.post("/api/v1/vaults/prod/check", json!({"read_data": true}), Some(&to)).await;
     assert_eq!(st, StatusCode::OK);
@@ -1321,4 +1331,382 @@ async fn the_server_rotates_a_vault_key_when_its_policy_says_it_is_due() {
     // The rotated vault works: a fresh open writes under version 2.
     let repo = server::backups::open_repo(&s.state, "rot").await.unwrap();
     assert_eq!(repo.current_kek().0, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Critical operations, soft delete, immutability
+// ---------------------------------------------------------------------------------------------
+
+/// Signs `user` in with `key` and votes on approval `id` (start, assertion, finish).
+async fn vote(s: &Srv, key: &mut SoftKey, user: &str, id: &str) -> (StatusCode, Value) {
+    let t = s.token(key, Some(user)).await;
+    let (st, start, pkc) = sign_approval(s, key, &t, id).await;
+    let Some(pkc) = pkc else { return (st, start) };
+    s.post(
+        &format!("/api/v1/approvals/{id}/finish"),
+        json!({"ceremony_id": start["ceremony_id"], "credential": pkc}),
+        Some(&t),
+    )
+    .await
+}
+
+struct People {
+    owner: SoftKey,
+    sa1: SoftKey,
+    sa2: SoftKey,
+    carol: SoftKey,
+}
+
+impl People {
+    fn key(&mut self, user: &str) -> &mut SoftKey {
+        match user {
+            "owner" => &mut self.owner,
+            "sa1" => &mut self.sa1,
+            "sa2" => &mut self.sa2,
+            "carol" => &mut self.carol,
+            other => panic!("no key for {other}"),
+        }
+    }
+}
+
+async fn enroll_invited(s: &Srv, to: &str, user: &str, role: &str) -> SoftKey {
+    let (st, inv) = s.post("/api/v1/invites", json!({"username": user, "role": role}), Some(to)).await;
+    assert_eq!(st, StatusCode::OK, "{inv}");
+    let mut key = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut key, inv["url"].as_str().unwrap()).await.0, StatusCode::OK);
+    key
+}
+
+/// The restore fixture plus two Security Admins: sa1 invited while there was none (the one
+/// way in alone), sa2 made one through a critical operation the owner asked for and sa1 approved.
+async fn critical_fixture() -> (Srv, People) {
+    let (s, to, (owner, _), _alice, (carol, _)) = restore_fixture().await;
+    let sa1 = enroll_invited(&s, &to, "sa1", "security-admin").await;
+    let (st, v) = s.post("/api/v1/invites", json!({"username": "sa2", "role": "security-admin"}), Some(&to)).await;
+    assert_eq!(st, StatusCode::CONFLICT, "with a Security Admin in place, invites cannot hand the role out: {v}");
+    let sa2 = enroll_invited(&s, &to, "sa2", "reader").await;
+    let mut people = People { owner, sa1, sa2, carol };
+    let (st, r) = s.post("/api/v1/roles", json!({"username": "sa2", "role": "security-admin"}), Some(&to)).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{r}");
+    let id = r["approval_id"].as_str().unwrap().to_string();
+    assert!(r["approval_url"].as_str().unwrap().ends_with(&format!("/approvals/{id}")), "{r}");
+    assert_eq!(vote(&s, people.key("owner"), "owner", &id).await.0, StatusCode::OK);
+    let (st, v) = vote(&s, people.key("sa1"), "sa1", &id).await;
+    assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("executed")), "{v}");
+    (s, people)
+}
+
+/// What the operations below can change, to compare before and after.
+async fn probe(s: &Srv, to: &str) -> Value {
+    let (_, prod) = s.get("/api/v1/vaults/prod", Some(to)).await;
+    let (_, vaults) = s.get("/api/v1/vaults", Some(to)).await;
+    let (_, roles) = s.get("/api/v1/roles", Some(to)).await;
+    let (_, snaps) = s.get("/api/v1/vaults/prod/snapshots", Some(to)).await;
+    let keys = server::backups::open_repo(&s.state, "prod").await.map(|r| r.kek_versions()).unwrap_or_default();
+    let vaults: Vec<Value> =
+        vaults["vaults"].as_array().unwrap().iter().map(|v| json!([v["name"], v["state"]])).collect();
+    json!({
+        "policy": prod["policy"], "vaults": vaults, "roles": roles["roles"], "keys": keys,
+        "snapshots": snaps["snapshots"].as_array().map(|a| a.len()), "deleted": snaps["deleted"].as_array().map(|a| a.len()),
+    })
+}
+
+async fn request_as(
+    s: &Srv,
+    people: &mut People,
+    user: &str,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> (StatusCode, Value) {
+    let t = s.token(people.key(user), Some(user)).await;
+    match method {
+        "DELETE" => s.delete(path, &t).await,
+        _ => s.post(path, body.clone(), Some(&t)).await,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_critical_operation_needs_the_requesters_step_up_and_another_security_admin_and_runs_once() {
+    let (s, mut people) = critical_fixture().await;
+    let to = s.token(people.key("owner"), Some("owner")).await;
+    let (_, list) = s.get("/api/v1/vaults/prod/snapshots", Some(&to)).await;
+    let snap = list["snapshots"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list["snapshots"][0]["protected"], true, "{list}");
+    // (label, requester, method, path, body): every kind of critical operation.
+    let ops: Vec<(&str, &str, &str, String, Value)> = vec![
+        ("change policy", "sa1", "POST", "/api/v1/vaults/prod/policy".into(), json!({"require_hardware": true})),
+        ("shorten retention", "owner", "POST", "/api/v1/vaults/prod/retention".into(), json!({"days": 7})),
+        ("retire a key version", "owner", "POST", "/api/v1/vaults/prod/retire-key".into(), json!({"version": 1})),
+        ("delete a protected snapshot", "owner", "DELETE", format!("/api/v1/vaults/prod/snapshots/{snap}"), json!({})),
+        (
+            "change immutability",
+            "owner",
+            "POST",
+            "/api/v1/vaults/prod/immutability".into(),
+            json!({"state": "enabled"}),
+        ),
+        ("grant owner", "owner", "POST", "/api/v1/roles".into(), json!({"username": "carol", "role": "owner"})),
+        (
+            "remove a security admin",
+            "owner",
+            "POST",
+            "/api/v1/roles/revoke".into(),
+            json!({"username": "sa2", "role": "security-admin"}),
+        ),
+        ("delete a vault", "owner", "DELETE", "/api/v1/vaults/hw".into(), json!({})),
+    ];
+    let mut executed = Vec::new();
+    for (label, requester, method, path, body) in ops {
+        let approver = if requester == "sa1" { "sa2" } else { "sa1" };
+        let outsider = if requester == "owner" { "carol" } else { "owner" };
+        let to = s.token(people.key("owner"), Some("owner")).await;
+        let before = probe(&s, &to).await;
+
+        // Denied: never runs, and takes no more votes.
+        let (st, r) = request_as(&s, &mut people, requester, method, &path, &body).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{label}: {r}");
+        let id = r["approval_id"].as_str().unwrap().to_string();
+        assert_eq!(vote(&s, people.key(requester), requester, &id).await.0, StatusCode::OK, "{label}");
+        let t = s.token(people.key(approver), Some(approver)).await;
+        let (st, d) = s.post(&format!("/api/v1/approvals/{id}/deny"), json!({}), Some(&t)).await;
+        assert_eq!((st, d["denied"].as_bool()), (StatusCode::OK, Some(true)), "{label}: {d}");
+        let (st, v) = vote(&s, people.key(approver), approver, &id).await;
+        assert_eq!(st, StatusCode::CONFLICT, "{label}: a denied request takes no approval: {v}");
+        let (_, shown) = s.get(&format!("/api/v1/approvals/{id}"), Some(&t)).await;
+        assert_eq!(shown["status"], "denied", "{label}");
+        assert_eq!(probe(&s, &to).await, before, "{label}: denied, nothing changed");
+
+        // Expired: the same.
+        let (st, r) = request_as(&s, &mut people, requester, method, &path, &body).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{label}: {r}");
+        let id = r["approval_id"].as_str().unwrap().to_string();
+        assert_eq!(vote(&s, people.key(requester), requester, &id).await.0, StatusCode::OK, "{label}");
+        s.state.clock.advance(server::critical::CRITICAL_SECONDS + 1);
+        let (st, v) = vote(&s, people.key(approver), approver, &id).await;
+        assert_eq!(st, StatusCode::CONFLICT, "{label}: an expired request takes no approval: {v}");
+        let t = s.token(people.key(requester), Some(requester)).await;
+        let (_, shown) = s.get(&format!("/api/v1/approvals/{id}"), Some(&t)).await;
+        assert_eq!(shown["status"], "expired", "{label}");
+        let to = s.token(people.key("owner"), Some("owner")).await;
+        assert_eq!(probe(&s, &to).await, before, "{label}: expired, nothing changed");
+
+        // Approved: the requester's own step-up does not count as an approval, nobody votes
+        // twice, only a Security Admin approves; then it runs once.
+        let (st, r) = request_as(&s, &mut people, requester, method, &path, &body).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{label}: {r}");
+        let id = r["approval_id"].as_str().unwrap().to_string();
+        let (st, v) = vote(&s, people.key(requester), requester, &id).await;
+        assert_eq!(st, StatusCode::OK, "{label}: {v}");
+        assert_eq!((v["status"].as_str(), v["approvals_needed"].as_i64()), (Some("pending"), Some(1)), "{label}: {v}");
+        assert_eq!(v["requester_confirmed"], true);
+        let (st, v) = vote(&s, people.key(requester), requester, &id).await;
+        assert_eq!(st, StatusCode::CONFLICT, "{label}: the requester cannot also approve: {v}");
+        let (st, v) = vote(&s, people.key(outsider), outsider, &id).await;
+        assert_eq!(
+            (st, code(&v)),
+            (StatusCode::FORBIDDEN, "policy.no_role"),
+            "{label}: {outsider} is no Security Admin: {v}"
+        );
+        assert_eq!(probe(&s, &to).await, before, "{label}: one person alone changed nothing");
+        let (st, v) = vote(&s, people.key(approver), approver, &id).await;
+        assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("executed")), "{label}: {v}");
+        assert_eq!(v["approved_by"], json!([approver]), "{label}");
+        let (st, v) = vote(&s, people.key(approver), approver, &id).await;
+        assert_eq!(st, StatusCode::CONFLICT, "{label}: {v}");
+        server::critical::resume(&s.state, true).await.unwrap();
+        let to = s.token(people.key("owner"), Some("owner")).await;
+        assert_ne!(probe(&s, &to).await, before, "{label}: it ran");
+        executed.push(id);
+    }
+    // Each ran exactly once, and each vote is in the audit log with its passkey evidence.
+    let events = s.state.store.audit_events(0, 100_000).await.unwrap();
+    for id in &executed {
+        let runs = events
+            .iter()
+            .filter(|e| e.event.kind == "critical.execute" && e.event.details_json.contains(id.as_str()))
+            .count();
+        assert_eq!(runs, 1, "approval {id} ran {runs} times");
+    }
+    let to = s.token(people.key("owner"), Some("owner")).await;
+    let (_, prod) = s.get("/api/v1/vaults/prod", Some(&to)).await;
+    assert_eq!(
+        (prod["policy"]["require_hardware"].as_bool(), prod["policy"]["retention_days"].as_u64()),
+        (Some(true), Some(7))
+    );
+    assert_eq!(prod["policy"]["immutability"], "enabled");
+    assert_eq!(
+        server::backups::open_repo(&s.state, "prod").await.unwrap().kek_versions(),
+        vec![2],
+        "version 1 retired"
+    );
+    let (_, vaults) = s.get("/api/v1/vaults", Some(&to)).await;
+    assert!(
+        vaults["vaults"].as_array().unwrap().iter().any(|v| v["name"] == "hw" && v["state"] == "deleted"),
+        "{vaults}"
+    );
+    let (_, roles) = s.get("/api/v1/roles", Some(&to)).await;
+    assert!(
+        roles["roles"].as_array().unwrap().iter().any(|r| r["username"] == "carol" && r["role"] == "owner"),
+        "{roles}"
+    );
+    assert!(!roles["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["username"] == "sa2" && r["role"] == "security-admin"));
+    // The retired key's vault still checks clean, every byte.
+    let (st, r) = s.post("/api/v1/vaults/prod/check", json!({"read_data": true}), Some(&to)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(r["errors"].as_array().unwrap().is_empty(), "{r}");
+    // Offline, every vote re-verifies against the credential keys the log registered.
+    let export = export_via_api(&s, &to).await;
+    let report = auditlog::export::verify(&export, &Default::default()).unwrap();
+    assert!(report.approvals_verified >= 2 * 8 + 2, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_vault_refuses_everything_that_would_weaken_it_even_when_approved() {
+    let (s, mut people) = critical_fixture().await;
+    let to = s.token(people.key("owner"), Some("owner")).await;
+    // prod: a snapshot delete is requested and confirmed; meanwhile the vault gets locked.
+    let (_, list) = s.get("/api/v1/vaults/prod/snapshots", Some(&to)).await;
+    let snap = list["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let (st, del) = s.delete(&format!("/api/v1/vaults/prod/snapshots/{snap}"), &to).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{del}");
+    let del = del["approval_id"].as_str().unwrap().to_string();
+    assert_eq!(vote(&s, people.key("owner"), "owner", &del).await.0, StatusCode::OK);
+    let (st, lock) = s.post("/api/v1/vaults/prod/immutability", json!({"state": "locked"}), Some(&to)).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{lock}");
+    let lock = lock["approval_id"].as_str().unwrap().to_string();
+    assert_eq!(vote(&s, people.key("owner"), "owner", &lock).await.0, StatusCode::OK);
+    let (_, v) = vote(&s, people.key("sa1"), "sa1", &lock).await;
+    assert_eq!(v["status"], "executed", "{v}");
+    // The delete is approved now, and still does not run.
+    let (st, v) = vote(&s, people.key("sa1"), "sa1", &del).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!((v["status"].as_str(), v["result"]["code"].as_str()), (Some("failed"), Some("policy.immutable")), "{v}");
+    let (_, list) = s.get("/api/v1/vaults/prod/snapshots", Some(&to)).await;
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 1, "{list}");
+
+    // Nothing that would weaken it gets as far as an approval.
+    let to = s.token(people.key("owner"), Some("owner")).await;
+    for (method, path, body, want) in [
+        ("DELETE", format!("/api/v1/vaults/prod/snapshots/{snap}"), json!({}), "policy.immutable"),
+        ("DELETE", "/api/v1/vaults/prod".to_string(), json!({}), "policy.immutable"),
+        ("POST", "/api/v1/vaults/prod/retention".to_string(), json!({"days": 13}), "policy.immutable"),
+        ("POST", "/api/v1/vaults/prod/retention".to_string(), json!({"days": 0}), "policy.immutable"),
+        ("POST", "/api/v1/vaults/prod/immutability".to_string(), json!({"state": "disabled"}), "policy.locked"),
+        ("POST", "/api/v1/vaults/prod/immutability".to_string(), json!({"state": "enabled"}), "policy.locked"),
+    ] {
+        let (st, v) = match method {
+            "DELETE" => s.delete(&path, &to).await,
+            _ => s.post(&path, body.clone(), Some(&to)).await,
+        };
+        assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, want), "{method} {path} {body}: {v}");
+    }
+    let kinds = s.audit_kinds().await;
+    assert!(kinds.iter().filter(|k| *k == "critical.refuse").count() >= 6, "{kinds:?}");
+    // Longer retention is no weakening: it takes effect at once, and cannot be undone either.
+    let (st, v) = s.post("/api/v1/vaults/prod/retention", json!({"days": 30}), Some(&to)).await;
+    assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("done")), "{v}");
+    let (st, v) = s.post("/api/v1/vaults/prod/retention", json!({"days": 14}), Some(&to)).await;
+    assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "policy.immutable"), "{v}");
+    // A snapshot whose retention has ended can go (to soft delete) like anywhere else.
+    s.state.clock.advance(400 * 86_400);
+    let to = s.token(people.key("owner"), Some("owner")).await;
+    let (st, v) = s.delete(&format!("/api/v1/vaults/prod/snapshots/{snap}"), &to).await;
+    assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("done")), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_snapshots_and_vaults_are_listed_recoverable_then_purged_on_the_servers_clock() {
+    let (s, mut people) = critical_fixture().await;
+    let to = s.token(people.key("owner"), Some("owner")).await;
+    // A snapshot 20 days old (past the 14-day retention) next to the fixture's protected one.
+    let repo = server::backups::open_repo(&s.state, "prod").await.unwrap();
+    let src = s._dir.path().join("src-prod");
+    let old_time = s.state.clock.now() - 20 * 86_400;
+    let (old, _, _) = tokio::task::spawn_blocking(move || {
+        repo::backup::backup_local(&repo, &[src], None, "h", testkit::fixed_time(old_time), &Default::default())
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let old = old.to_hex();
+    let (st, v) = s.delete(&format!("/api/v1/vaults/prod/snapshots/{}", &old[..8]), &to).await;
+    assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("done")), "past retention: deleted at once: {v}");
+    let purge_at = v["result"]["purge_at"].as_i64().unwrap();
+    assert_eq!(purge_at, s.state.clock.now() + 14 * 86_400);
+    let (_, list) = s.get("/api/v1/vaults/prod/snapshots", Some(&to)).await;
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["deleted"][0]["id"], old.as_str(), "{list}");
+    assert_eq!(list["deleted"][0]["deleted_by"], "owner");
+    // A deleted snapshot cannot be restored, nor deleted twice.
+    let (st, v) = s.post("/api/v1/vaults/prod/restores", json!({"snapshot": old, "target": "/tmp/x"}), Some(&to)).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("undelete"), "{v}");
+    let (st, _) = s.delete(&format!("/api/v1/vaults/prod/snapshots/{old}"), &to).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    // Prune keeps its data while it is recoverable.
+    let (st, r) = s.post("/api/v1/vaults/prod/prune", json!({}), Some(&to)).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    // Undelete brings it back; delete again; 14 days later it is purged.
+    let (st, v) = s.post(&format!("/api/v1/vaults/prod/snapshots/{}/undelete", &old[..8]), json!({}), Some(&to)).await;
+    assert_eq!((st, v["undeleted"].as_bool()), (StatusCode::OK, Some(true)), "{v}");
+    let (st, r) = s.post("/api/v1/vaults/prod/restores", json!({"snapshot": old, "target": "/tmp/x"}), Some(&to)).await;
+    assert_eq!(st, StatusCode::CREATED, "undeleted, it restores again: {r}");
+    let (st, _) = s.delete(&format!("/api/v1/vaults/prod/snapshots/{old}"), &to).await;
+    assert_eq!(st, StatusCode::OK);
+    s.state.clock.advance(14 * 86_400 - 10);
+    assert_eq!(server::critical::purge_due(&s.state).await.unwrap(), 0, "not yet");
+    s.state.clock.advance(10);
+    assert_eq!(server::critical::purge_due(&s.state).await.unwrap(), 1);
+    let to = s.token(people.key("owner"), Some("owner")).await;
+    let (_, list) = s.get("/api/v1/vaults/prod/snapshots", Some(&to)).await;
+    assert!(list["deleted"].as_array().unwrap().is_empty(), "{list}");
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 1);
+    let (st, _) = s.post(&format!("/api/v1/vaults/prod/snapshots/{old}/undelete"), json!({}), Some(&to)).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "purged for good");
+    let (st, r) = s.post("/api/v1/vaults/prod/check", json!({"read_data": true}), Some(&to)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(r["errors"].as_array().unwrap().is_empty(), "{r}");
+
+    // A vault: deleted through its approval, unusable but listed, recoverable, then purged.
+    let (st, r) = s.delete("/api/v1/vaults/hw", &to).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{r}");
+    let id = r["approval_id"].as_str().unwrap().to_string();
+    vote(&s, people.key("owner"), "owner", &id).await;
+    let (_, v) = vote(&s, people.key("sa1"), "sa1", &id).await;
+    assert_eq!(v["status"], "executed", "{v}");
+    let to = s.token(people.key("owner"), Some("owner")).await;
+    let (st, v) = s.post("/api/v1/vaults/hw/backups", json!({}), Some(&to)).await;
+    assert_eq!(st, StatusCode::CONFLICT, "a deleted vault takes no backups: {v}");
+    let (_, shown) = s.get("/api/v1/vaults/hw", Some(&to)).await;
+    assert_eq!(shown["state"], "deleted", "{shown}");
+    let (st, v) = s.post("/api/v1/vaults", json!({"name": "hw"}), Some(&to)).await;
+    assert_eq!(st, StatusCode::CONFLICT, "the name stays taken while it is recoverable: {v}");
+    let (st, _) = s.post("/api/v1/vaults/hw/undelete", json!({}), Some(&to)).await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, list) = s.get("/api/v1/vaults/hw/snapshots", Some(&to)).await;
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 1, "back with its snapshot: {list}");
+    let (_, r) = s.delete("/api/v1/vaults/hw", &to).await;
+    let id = r["approval_id"].as_str().unwrap().to_string();
+    vote(&s, people.key("owner"), "owner", &id).await;
+    let (_, v) = vote(&s, people.key("sa1"), "sa1", &id).await;
+    assert_eq!(v["status"], "executed", "{v}");
+    let dir = s._dir.path().join("data/vaults/hw");
+    assert!(dir.exists(), "kept while recoverable");
+    s.state.clock.advance(14 * 86_400 + 1);
+    assert_eq!(server::critical::purge_due(&s.state).await.unwrap(), 1);
+    assert!(!dir.exists(), "purged");
+    let to = s.token(people.key("owner"), Some("owner")).await;
+    let (st, _) = s.get("/api/v1/vaults/hw", Some(&to)).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, v) = s.post("/api/v1/vaults", json!({"name": "hw"}), Some(&to)).await;
+    assert_eq!(st, StatusCode::CREATED, "the name is free again: {v}");
+    let kinds = s.audit_kinds().await;
+    for k in ["snapshot.purge", "vault.purge", "vault.undelete", "snapshot.undelete", "critical.direct"] {
+        assert!(kinds.iter().any(|x| x == k), "no {k} in {kinds:?}");
+    }
 }

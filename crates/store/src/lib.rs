@@ -71,8 +71,8 @@ use sqlx::{Any, AnyPool, ConnectOptions, Executor, Row, Transaction};
 
 pub use error::{Result, StoreError};
 pub use model::{
-    Approval, AuditEvent, AuditRecord, Ceremony, CredentialRecord, DeviceCode, DevicePoll, DeviceStatus, EnrollLink,
-    RefreshUse, RoleAssignment, Session, User, Vault,
+    Approval, AuditEvent, AuditRecord, Ceremony, CredentialRecord, DeletedSnapshot, DeviceCode, DevicePoll,
+    DeviceStatus, EnrollLink, RefreshUse, RoleAssignment, Session, User, Vault, Vote,
 };
 
 /// How many connections a file-backed SQLite pool keeps. WAL lets readers run beside the one

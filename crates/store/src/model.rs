@@ -221,6 +221,43 @@ pub struct Vault {
     pub created_at: i64,
     /// User id of the creator.
     pub created_by: String,
+    /// When it was (soft) deleted; none while it is in use.
+    pub deleted_at: Option<i64>,
+    /// Who deleted it (user name).
+    pub deleted_by: Option<String>,
+    /// When a deleted vault is purged for good.
+    pub purge_at: Option<i64>,
+}
+
+/// A soft-deleted snapshot: its file stays in the repository (and its data through prunes)
+/// until `purge_at`; until then `undelete` brings it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedSnapshot {
+    /// Vault name.
+    pub vault: String,
+    /// Full snapshot id (hex).
+    pub snapshot: String,
+    /// When.
+    pub deleted_at: i64,
+    /// Who (user name, or `retention` for keep rules).
+    pub deleted_by: String,
+    /// When it is purged for good.
+    pub purge_at: i64,
+}
+
+/// One passkey vote on a critical operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vote {
+    /// Approval id.
+    pub approval_id: String,
+    /// Who.
+    pub user_id: String,
+    /// `requester` (the requester's own step-up) or `approver`.
+    pub role: String,
+    /// The WebAuthn evidence (JSON).
+    pub evidence_json: String,
+    /// When.
+    pub created_at: i64,
 }
 
 /// An approval request and, once decided, who decided and with what evidence.
@@ -228,7 +265,7 @@ pub struct Vault {
 pub struct Approval {
     /// Random id (also in the approval URL).
     pub id: String,
-    /// `restore` (more kinds later).
+    /// `restore` or `critical`.
     pub kind: String,
     /// The vault concerned.
     pub vault: String,
@@ -254,4 +291,8 @@ pub struct Approval {
     pub evidence_json: Option<String>,
     /// Hash of the restore grant, once issued.
     pub grant_hash: Option<String>,
+    /// Approving votes needed besides the requester's own (critical operations).
+    pub required: i64,
+    /// What running the approved operation did (critical operations), once it ran.
+    pub result_json: Option<String>,
 }

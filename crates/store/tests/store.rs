@@ -201,7 +201,7 @@ async fn migrations_are_recorded_once() {
     let pool = raw_pool(&path).await;
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version").fetch_all(&pool).await.unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4], "each migration recorded exactly once");
+    assert_eq!(versions, vec![1, 2, 3, 4, 5], "each migration recorded exactly once");
 }
 
 #[tokio::test]
@@ -214,6 +214,9 @@ async fn vaults_are_created_once_listed_and_updated() {
         policy_json: "{}".into(),
         created_at: 10,
         created_by: "u1".into(),
+        deleted_at: None,
+        deleted_by: None,
+        purge_at: None,
     };
     store.create_vault(&v).await.unwrap();
     assert!(matches!(store.create_vault(&v).await, Err(StoreError::Conflict(_))));
@@ -224,6 +227,107 @@ async fn vaults_are_created_once_listed_and_updated() {
     store.set_vault_policy("prod", "{\"a\":1}").await.unwrap();
     assert_eq!(store.vault("prod").await.unwrap().unwrap().policy_json, "{\"a\":1}");
     assert!(matches!(store.set_vault_policy("nope", "{}").await, Err(StoreError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn soft_deleted_vaults_and_snapshots_come_back_or_are_purged_when_due() {
+    let (_dir, store) = open().await;
+    let v = store::Vault {
+        name: "v".into(),
+        kind: "test".into(),
+        policy_json: "{}".into(),
+        created_at: 10,
+        created_by: "u1".into(),
+        deleted_at: None,
+        deleted_by: None,
+        purge_at: None,
+    };
+    store.create_vault(&v).await.unwrap();
+    store
+        .add_role(&store::RoleAssignment { user_id: "u1".into(), role: "reader".into(), vault: Some("v".into()) })
+        .await
+        .ok();
+    let d = store::DeletedSnapshot {
+        vault: "v".into(),
+        snapshot: "ab".into(),
+        deleted_at: 100,
+        deleted_by: "alice".into(),
+        purge_at: 200,
+    };
+    assert!(store.soft_delete_snapshot(&d).await.unwrap());
+    assert!(!store.soft_delete_snapshot(&d).await.unwrap(), "deleted once");
+    assert_eq!(store.deleted_snapshots("v").await.unwrap(), vec![d.clone()]);
+    assert!(store.snapshots_due_for_purge(199).await.unwrap().is_empty());
+    assert_eq!(store.snapshots_due_for_purge(200).await.unwrap(), vec![d.clone()]);
+    assert!(store.undelete_snapshot("v", "ab").await.unwrap());
+    assert!(!store.undelete_snapshot("v", "ab").await.unwrap());
+    assert!(store.soft_delete_snapshot(&d).await.unwrap());
+
+    assert!(store.soft_delete_vault("v", "alice", 100, 300).await.unwrap());
+    assert!(!store.soft_delete_vault("v", "alice", 101, 301).await.unwrap(), "deleted once");
+    assert!(store.snapshots_due_for_purge(1000).await.unwrap().is_empty(), "a deleted vault's snapshots wait for it");
+    let got = store.vault("v").await.unwrap().unwrap();
+    assert_eq!((got.deleted_at, got.deleted_by.as_deref(), got.purge_at), (Some(100), Some("alice"), Some(300)));
+    assert!(store.undelete_vault("v").await.unwrap());
+    assert_eq!(store.vault("v").await.unwrap().unwrap(), v);
+    assert!(store.soft_delete_vault("v", "alice", 100, 300).await.unwrap());
+    assert!(store.vaults_due_for_purge(299).await.unwrap().is_empty());
+    assert!(!store.purge_vault("v", 299).await.unwrap(), "not due yet");
+    assert_eq!(store.vaults_due_for_purge(300).await.unwrap().len(), 1);
+    assert!(store.purge_vault("v", 300).await.unwrap());
+    assert!(store.vault("v").await.unwrap().is_none());
+    assert!(store.deleted_snapshots("v").await.unwrap().is_empty());
+    assert!(store.all_roles().await.unwrap().iter().all(|r| r.vault.as_deref() != Some("v")));
+}
+
+#[tokio::test]
+async fn critical_approvals_complete_once_with_the_requester_and_enough_approvers() {
+    let (_dir, store) = open().await;
+    let a = store::Approval {
+        id: "a1".into(),
+        kind: "critical".into(),
+        vault: "v".into(),
+        operation_json: "{}".into(),
+        digest: "d1".into(),
+        requester_id: "req".into(),
+        requester_session: "s".into(),
+        created_at: 100,
+        expires_at: 200,
+        status: "pending".into(),
+        approver_id: None,
+        approved_at: None,
+        evidence_json: None,
+        grant_hash: None,
+        required: 2,
+        result_json: None,
+    };
+    store.create_approval(&a).await.unwrap();
+    let vote = |user: &str, role: &str, at: i64| store::Vote {
+        approval_id: "a1".into(),
+        user_id: user.into(),
+        role: role.into(),
+        evidence_json: "{}".into(),
+        created_at: at,
+    };
+    assert!(!store.add_vote(&vote("x", "approver", 110), "other-digest").await.unwrap(), "bound to the digest");
+    assert!(store.add_vote(&vote("sa1", "approver", 110), "d1").await.unwrap());
+    assert!(!store.add_vote(&vote("sa1", "approver", 111), "d1").await.unwrap(), "one vote per person");
+    assert!(store.add_vote(&vote("sa2", "approver", 112), "d1").await.unwrap());
+    assert!(!store.complete_approval("a1", 113).await.unwrap(), "the requester has not stepped up");
+    assert!(store.add_vote(&vote("req", "requester", 114), "d1").await.unwrap());
+    assert!(!store.complete_approval("a1", 200).await.unwrap(), "expired");
+    assert!(store.complete_approval("a1", 115).await.unwrap());
+    assert!(!store.complete_approval("a1", 116).await.unwrap(), "completed once");
+    assert!(!store.add_vote(&vote("sa3", "approver", 117), "d1").await.unwrap(), "no votes after approval");
+    assert_eq!(store.votes("a1").await.unwrap().len(), 3);
+    assert_eq!(store.unfinished_critical().await.unwrap().len(), 1);
+    assert!(store.claim_approved("a1").await.unwrap());
+    assert!(!store.claim_approved("a1").await.unwrap(), "claimed once");
+    assert_eq!(store.unfinished_critical().await.unwrap().len(), 1, "claimed but not finished");
+    store.set_approval_result("a1", "{\"ok\":true}").await.unwrap();
+    assert!(store.unfinished_critical().await.unwrap().is_empty());
+    let got = store.approval("a1").await.unwrap().unwrap();
+    assert_eq!((got.status.as_str(), got.required, got.result_json.as_deref()), ("consumed", 2, Some("{\"ok\":true}")));
 }
 
 #[tokio::test]
