@@ -189,7 +189,8 @@ fn client(s: &Server, token: &str, args: &[&str]) -> std::process::Output {
 fn backup_through_the_server_stores_exactly_the_files_and_the_next_backup_reads_only_changes() {
     let s = start_server();
     let token = enroll_and_token(&s, &s.first_link);
-    let out = client(&s, &token, &["vault", "create", "lab"]);
+    // Retention 0: no soft delete and no protection, so `forget` below removes at once.
+    let out = client(&s, &token, &["vault", "create", "lab", "--retention-days", "0"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let src = s.dir.path().join("src");
     testkit::make_tree(&src);
@@ -655,4 +656,176 @@ fn the_master_key_can_come_from_the_environment_and_never_touches_the_disk() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Starts a client command in the background; returns it, its stdout and the first line it
+/// printed (a critical operation's approval URL).
+fn spawn_client(
+    s: &Server,
+    token: &str,
+    args: &[&str],
+) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>, String) {
+    let mut child = strongroom()
+        .env("XDG_CONFIG_HOME", s.dir.path())
+        .args(["--server", &s.base, "--token", token])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut url = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut url).unwrap();
+    (child, stdout, url.trim().to_string())
+}
+
+/// Waits for a spawned client; returns (success, rest of stdout, stderr).
+fn finish_client(
+    mut child: std::process::Child,
+    mut stdout: std::io::BufReader<std::process::ChildStdout>,
+) -> (bool, String, String) {
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status.success(), out, err)
+}
+
+/// A user enrolled through the host's `admin enroll-link`, with a software passkey.
+fn host_enrolled(s: &Server, user: &str, role: &str) -> std::path::PathBuf {
+    let out = strongroom()
+        .args(["admin", "enroll-link", "--user", user, "--role", role])
+        .arg("--data-dir")
+        .arg(s.dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = s.dir.path().join(format!("{user}.key"));
+    softkey(&key, &["enroll", String::from_utf8(out.stdout).unwrap().trim()]);
+    key
+}
+
+#[test]
+fn critical_commands_print_their_approval_url_wait_and_exit_0_only_if_the_operation_ran() {
+    // Two Security Admin approvals per critical operation, besides the requester's own.
+    let s = start_server_with(&["--critical-approvals", "2"]);
+    let owner = enroll_and_token(&s, &s.first_link);
+    let owner_key = key_path(&s, &s.first_link);
+    let sa1 = host_enrolled(&s, "sa1", "security-admin");
+    let sa2 = host_enrolled(&s, "sa2", "security-admin");
+    let approve = |key: &std::path::Path, user: &str, url: &str| softkey(key, &["approve", url, "--username", user]);
+    assert!(client(&s, &owner, &["vault", "create", "crit"]).status.success());
+    let src = s.dir.path().join("src");
+    testkit::make_tree(&src);
+    let s1 = json_of(&client(&s, &owner, &["backup", "--vault", "crit", "--json", src.to_str().unwrap()]))
+        ["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let state1 = s.dir.path().join("state1/src");
+    testkit::copy_tree(&src, &state1);
+
+    // Shorter retention: the URL alone on the first line; it waits for the requester's step-up
+    // and both Security Admins, then exits 0.
+    let (child, stdout, url) = spawn_client(&s, &owner, &["vault", "set-retention", "crit", "7"]);
+    assert!(url.starts_with(&format!("{}/approvals/", s.base)), "{url}");
+    let mut child = child;
+    approve(&owner_key, "owner", &url);
+    approve(&sa1, "sa1", &url);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(child.try_wait().unwrap().is_none(), "still waiting for the second Security Admin");
+    approve(&sa2, "sa2", &url);
+    let (ok, out, err) = finish_client(child, stdout);
+    assert!(ok && out.contains("retention is now 7 days"), "{out}{err}");
+    assert!(err.contains("waiting for"), "{err}");
+
+    // Denied: exit 1, nothing changed.
+    let (child, stdout, url) = spawn_client(&s, &owner, &["vault", "set-immutability", "crit", "enabled"]);
+    approve(&owner_key, "owner", &url);
+    let t1 = String::from_utf8(softkey(&sa1, &["login", "--server", &s.base, "--username", "sa1"]).stdout).unwrap();
+    let id = url.rsplit('/').next().unwrap();
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/api/v1/approvals/{id}/deny", s.base))
+        .bearer_auth(t1.trim())
+        .json(&serde_json::json!({}))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+    let (ok, _, err) = finish_client(child, stdout);
+    assert!(!ok && err.contains("denied"), "{err}");
+    let shown = json_of(&client(&s, &owner, &["vault", "show", "crit", "--json"]));
+    assert_eq!(
+        (shown["policy"]["retention_days"].as_u64(), shown["policy"]["immutability"].as_str()),
+        (Some(7), Some("disabled"))
+    );
+
+    // A protected snapshot: delete (critical), listed as deleted, undeleted.
+    let (child, stdout, url) = spawn_client(&s, &owner, &["snapshot", "delete", "--vault", "crit", &s1[..8]]);
+    for (k, u) in [(&owner_key, "owner"), (&sa1, "sa1"), (&sa2, "sa2")] {
+        approve(k, u, &url);
+    }
+    let (ok, out, err) = finish_client(child, stdout);
+    assert!(ok && out.contains("recoverable until"), "{out}{err}");
+    let out = client(&s, &owner, &["snapshots", "--vault", "crit"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("Deleted") && text.contains(&s1[..8]), "{text}");
+    assert!(client(&s, &owner, &["snapshot", "undelete", "--vault", "crit", &s1[..8]]).status.success());
+    assert_eq!(json_of(&client(&s, &owner, &["snapshots", "--vault", "crit", "--json"])).as_array().unwrap().len(), 1);
+
+    // Rotation end to end: back up, rotate, back up, retire version 1 (critical), check.
+    let rotated = json_of(&client(&s, &owner, &["vault", "rotate-key", "crit", "--json"]));
+    assert_eq!(rotated["new_version"], 2, "{rotated}");
+    std::fs::write(src.join("after-rotation.txt"), vec![7u8; 300_000]).unwrap();
+    let s2 = json_of(&client(&s, &owner, &["backup", "--vault", "crit", "--json", src.to_str().unwrap()]))
+        ["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (child, stdout, url) = spawn_client(&s, &owner, &["vault", "rotate-key", "crit", "--retire", "1"]);
+    for (k, u) in [(&owner_key, "owner"), (&sa1, "sa1"), (&sa2, "sa2")] {
+        approve(k, u, &url);
+    }
+    let (ok, out, err) = finish_client(child, stdout);
+    assert!(ok && out.contains("key version 1 retired"), "{out}{err}");
+    assert!(client(&s, &owner, &["check", "--vault", "crit", "--read-data"]).status.success());
+    let r = open_vault(&s, "crit");
+    assert_eq!(r.kek_versions(), vec![2]);
+    assert!(!s.dir.path().join("data/vaults/crit/keys/kek-1").exists());
+    assert_snapshot_restores(&r, &s1, &state1, &s.dir.path().join("r1"));
+    assert_snapshot_restores(&r, &s2, &src, &s.dir.path().join("r2"));
+
+    // Vault delete (critical), listed as deleted, undeleted.
+    let (child, stdout, url) = spawn_client(&s, &owner, &["vault", "delete", "crit"]);
+    for (k, u) in [(&owner_key, "owner"), (&sa1, "sa1"), (&sa2, "sa2")] {
+        approve(k, u, &url);
+    }
+    let (ok, out, err) = finish_client(child, stdout);
+    assert!(ok && out.contains("vault undelete crit"), "{out}{err}");
+    let text = String::from_utf8_lossy(&client(&s, &owner, &["vault", "list"]).stdout).to_string();
+    assert!(text.contains("DELETED"), "{text}");
+    let out = client(&s, &owner, &["backup", "--vault", "crit", src.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("undelete"));
+    assert!(client(&s, &owner, &["vault", "undelete", "crit"]).status.success());
+
+    // Locked: for good. What would weaken it is refused at once, without an approval URL.
+    let (child, stdout, url) = spawn_client(&s, &owner, &["vault", "set-immutability", "crit", "locked"]);
+    for (k, u) in [(&owner_key, "owner"), (&sa1, "sa1"), (&sa2, "sa2")] {
+        approve(k, u, &url);
+    }
+    assert!(finish_client(child, stdout).0);
+    for args in [
+        &["vault", "set-retention", "crit", "1"][..],
+        &["vault", "set-immutability", "crit", "disabled"],
+        &["snapshot", "delete", "--vault", "crit", &s2[..8]],
+        &["vault", "delete", "crit"],
+    ] {
+        let out = client(&s, &owner, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: no approval URL for what nobody may do");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("policy.immutable") || err.contains("policy.locked"), "{args:?}: {err}");
+    }
+    let out = client(&s, &owner, &["vault", "set-retention", "crit", "30"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("30 days"));
 }
