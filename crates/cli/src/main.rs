@@ -994,6 +994,9 @@ fn print_vault(v: &serde_json::Value) {
             None => String::new(),
         }
     );
+    if let Some(versions) = v["key_versions"].as_array() {
+        println!("  key versions {} (current {})", serde_json::Value::from(versions.clone()), v["current_key_version"]);
+    }
 }
 
 /// Prints the result of a gated change: JSON, or `message`.

@@ -247,7 +247,14 @@ pub(crate) async fn show_vault(
 ) -> ApiResult<Json<serde_json::Value>> {
     let (v, policy) = load_vault(&state, &name).await?;
     authorize(&state, &p, Operation::VaultRead, &Resource::Vault { name: &v.name, policy: &policy }).await?;
-    Ok(Json(vault_json(&v, &policy)))
+    let mut out = vault_json(&v, &policy);
+    if v.deleted_at.is_none() {
+        // Which key versions exist (what `vault rotate-key --retire` can name).
+        let repo = crate::backups::open_repo(&state, &name).await?;
+        out["key_versions"] = serde_json::json!(repo.kek_versions());
+        out["current_key_version"] = serde_json::json!(repo.current_kek().0);
+    }
+    Ok(Json(out))
 }
 
 #[derive(Deserialize)]

@@ -1710,3 +1710,53 @@ async fn deleted_snapshots_and_vaults_are_listed_recoverable_then_purged_on_the_
         assert!(kinds.iter().any(|x| x == k), "no {k} in {kinds:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_operation_cut_off_by_a_crash_runs_at_the_next_start_exactly_once() {
+    let (s, mut people) = critical_fixture().await;
+    let to = s.token(people.key("owner"), Some("owner")).await;
+    let (_, shown) = s.get("/api/v1/vaults/prod", Some(&to)).await;
+    assert_eq!((shown["key_versions"].clone(), shown["current_key_version"].clone()), (json!([1]), json!(1)));
+    // Two approved operations as a dying process leaves them: one approved but never claimed,
+    // one claimed but without a result (the votes are recorded as the routes record them).
+    let mut ids = Vec::new();
+    for days in [20, 30] {
+        let (st, r) = s.post("/api/v1/vaults/prod/retention", json!({"days": days}), Some(&to)).await;
+        assert_eq!((st, r["status"].as_str()), (StatusCode::OK, Some("done")), "longer retention is direct: {r}");
+    }
+    for (path, body) in [("policy", json!({"approval_max_age": 600})), ("retention", json!({"days": 10}))] {
+        let (st, r) = s.post(&format!("/api/v1/vaults/prod/{path}"), body, Some(&to)).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{r}");
+        let id = r["approval_id"].as_str().unwrap().to_string();
+        let a = s.state.store.approval(&id).await.unwrap().unwrap();
+        let sa1 = s.state.store.user_by_name("sa1").await.unwrap().unwrap();
+        for (user, role) in [(a.requester_id.clone(), "requester"), (sa1.id, "approver")] {
+            let v = store::Vote {
+                approval_id: id.clone(),
+                user_id: user,
+                role: role.into(),
+                evidence_json: "{}".into(),
+                created_at: s.state.clock.now(),
+            };
+            assert!(s.state.store.add_vote(&v, &a.digest).await.unwrap());
+        }
+        assert!(s.state.store.complete_approval(&id, s.state.clock.now()).await.unwrap());
+        ids.push(id);
+    }
+    assert!(s.state.store.claim_approved(&ids[1]).await.unwrap(), "the second was being run when the process died");
+    // Housekeeping runs the unclaimed one; the interrupted one only at start.
+    assert_eq!(server::critical::resume(&s.state, false).await.unwrap(), 1);
+    let (_, v) = s.get(&format!("/api/v1/approvals/{}", ids[0]), Some(&to)).await;
+    assert_eq!(v["status"], "executed", "{v}");
+    let (_, v) = s.get(&format!("/api/v1/approvals/{}", ids[1]), Some(&to)).await;
+    assert_eq!(v["status"], "running", "{v}");
+    assert_eq!(server::critical::resume(&s.state, true).await.unwrap(), 1);
+    let (_, v) = s.get(&format!("/api/v1/approvals/{}", ids[1]), Some(&to)).await;
+    assert_eq!(v["status"], "executed", "{v}");
+    assert_eq!(server::critical::resume(&s.state, true).await.unwrap(), 0, "nothing runs twice");
+    let (_, prod) = s.get("/api/v1/vaults/prod", Some(&to)).await;
+    assert_eq!(
+        (prod["policy"]["approval_max_age"].as_i64(), prod["policy"]["retention_days"].as_u64()),
+        (Some(600), Some(10))
+    );
+}
