@@ -12,41 +12,15 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
-
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, "..", "..");
-const TARGET = process.env.CARGO_TARGET_DIR ? path.resolve(REPO, process.env.CARGO_TARGET_DIR) : path.join(REPO, "target");
-const BIN = process.env.STRONGROOM_BIN || path.join(TARGET, "debug", "strongroom");
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const SHOTS = process.env.SCREENSHOT_DIR || path.join(HERE, "screenshots");
-const STEP_TIMEOUT = 15_000;
-
-// Without the background-networking flags Chromium keeps trying to reach the (closed) network.
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
-
-const AUTHENTICATOR = {
-  protocol: "ctap2",
-  transport: "internal",
-  hasResidentKey: true,
-  hasUserVerification: true,
-  isUserVerified: true,
-  automaticPresenceSimulation: true,
-};
+import {
+  BIN, CHROMIUM, CHROMIUM_ARGS, STEP_TIMEOUT, children, cleanEnv, startChild, waitForLine, waitForHealth, stopChild,
+  newContextWithAuthenticator as newContext, outcome, shot, b64url, sessionCookie as cookieAt, apiFromPage,
+  enrollFromLink, orAfter, until, startServer,
+} from "./lib.mjs";
 
 // ---------- shared state (scenarios run in order) ----------
 
@@ -54,174 +28,6 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "strongroom-browser-"));
 let server; // { proc, port, base, enrollUrl, log }
 let browser;
 let owner; // { context, page, cdp, authenticatorId, userId, credentialId }
-const children = new Set();
-
-// ---------- helpers ----------
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-/** Environment for child processes: no STRONGROOM_* settings leak in from the caller. */
-function cleanEnv(extra) {
-  const env = { ...process.env };
-  for (const k of Object.keys(env)) if (k.startsWith("STRONGROOM_")) delete env[k];
-  return { ...env, RUST_LOG: env.RUST_LOG || "info", ...extra };
-}
-
-function startChild(args, env) {
-  const proc = spawn(BIN, args, { env, stdio: ["ignore", "pipe", "pipe"] });
-  children.add(proc);
-  proc.exited = new Promise((resolve) =>
-    proc.on("close", (code, signal) => {
-      children.delete(proc);
-      resolve({ code, signal });
-    }),
-  );
-  proc.stdoutText = "";
-  proc.stderrText = "";
-  proc.stdout.setEncoding("utf8").on("data", (d) => (proc.stdoutText += d));
-  proc.stderr.setEncoding("utf8").on("data", (d) => (proc.stderrText += d));
-  return proc;
-}
-
-/** Resolves with the match of the first stdout line matching `re`; rejects on exit or timeout. */
-function waitForLine(proc, re, what, timeoutMs = STEP_TIMEOUT) {
-  return new Promise((resolve, reject) => {
-    const check = () => {
-      for (const line of proc.stdoutText.split("\n").slice(0, -1)) {
-        const m = line.trim().match(re);
-        if (m) return finish(resolve, m);
-      }
-    };
-    const onExit = ({ code, signal }) =>
-      finish(reject, new Error(`${what}: the process exited (${code ?? signal}) first; stderr:\n${proc.stderrText}`));
-    const timer = setTimeout(
-      () => finish(reject, new Error(`timed out waiting for ${what}; stdout:\n${proc.stdoutText}\nstderr:\n${proc.stderrText}`)),
-      timeoutMs,
-    );
-    let settled = false;
-    function finish(fn, v) {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      proc.stdout.off("data", check);
-      fn(v);
-    }
-    proc.stdout.on("data", check);
-    proc.exited.then(onExit);
-    check();
-  });
-}
-
-async function waitForHealth(base, proc) {
-  const deadline = Date.now() + STEP_TIMEOUT;
-  while (Date.now() < deadline) {
-    if (proc.exitCode !== null) throw new Error(`server exited (${proc.exitCode}):\n${proc.stderrText}`);
-    try {
-      const r = await fetch(`${base}/healthz`);
-      if (r.ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`server did not become healthy:\n${proc.stderrText}`);
-}
-
-async function stopChild(proc, signal = "SIGINT") {
-  if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-  proc.kill(signal);
-  const killer = setTimeout(() => proc.kill("SIGKILL"), 5_000);
-  await proc.exited;
-  clearTimeout(killer);
-}
-
-/** A fresh browser context and page with a DevTools WebAuthn virtual authenticator. */
-async function newContextWithAuthenticator() {
-  const context = await browser.newContext({ viewport: { width: 900, height: 700 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(STEP_TIMEOUT);
-  const cdp = await context.newCDPSession(page);
-  await cdp.send("WebAuthn.enable", { enableUI: false });
-  const { authenticatorId } = await cdp.send("WebAuthn.addVirtualAuthenticator", { options: AUTHENTICATOR });
-  return { context, page, cdp, authenticatorId };
-}
-
-/** Waits until the page's status line shows an outcome (not a "waiting" prompt). */
-async function outcome(page) {
-  const status = page.getByRole("status");
-  await page.waitForFunction(
-    () => {
-      const t = (document.getElementById("status")?.textContent || "").trim();
-      return t !== "" && !/^(Waiting for your authenticator|Confirm with your passkey)/.test(t);
-    },
-    null,
-    { timeout: STEP_TIMEOUT },
-  );
-  return {
-    text: (await status.textContent()).trim(),
-    isError: await status.evaluate((el) => el.classList.contains("error")),
-  };
-}
-
-async function shot(page, name) {
-  fs.mkdirSync(SHOTS, { recursive: true });
-  const file = path.join(SHOTS, `${name}.png`);
-  await page.screenshot({ path: file, fullPage: true });
-  console.log(`screenshot: ${file}`);
-  return file;
-}
-
-/** Base64 (standard or url-safe) to base64url without padding. */
-function b64url(s) {
-  return s.replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}
-
-async function sessionCookie(context) {
-  return (await context.cookies(server.base)).find((c) => c.name === "sr_session");
-}
-
-/** Calls the API from inside the page (same origin, session cookie), returns {status, body}. */
-function apiFromPage(page, method, urlPath, body) {
-  return page.evaluate(
-    async ({ method, urlPath, body }) => {
-      const r = await fetch(urlPath, {
-        method,
-        headers: body === undefined ? {} : { "Content-Type": "application/json" },
-        body: body === undefined ? undefined : JSON.stringify(body),
-        credentials: "same-origin",
-      });
-      const text = await r.text();
-      return { status: r.status, body: text ? JSON.parse(text) : null };
-    },
-    { method, urlPath, body },
-  );
-}
-
-/** Enrolls a passkey on `page` from an enrollment link; returns the finish response body. */
-async function enrollFromLink(page, url, passkeyName, screenshot) {
-  await page.goto(url);
-  await page.getByRole("heading", { name: "Create your passkey" }).waitFor();
-  if (passkeyName) await page.getByLabel("Name for this passkey (optional)").fill(passkeyName);
-  if (screenshot) await shot(page, screenshot);
-  const finish = page.waitForResponse((r) => r.url().endsWith("/finish") && r.request().method() === "POST");
-  await page.getByRole("button", { name: "Create passkey" }).click();
-  const resp = await finish;
-  const result = await outcome(page);
-  assert.equal(resp.status(), 200, `enroll finish: ${await resp.text()}`);
-  assert.equal(result.isError, false, `enroll status: ${result.text}`);
-  assert.match(result.text, /Passkey created/);
-  return resp.json();
-}
 
 /**
  * Clicks "Sign in with a passkey" on /login with an empty user name (discoverable credential)
@@ -241,44 +47,15 @@ async function failedSignIn({ page }) {
   return { result, finish: resp, body: resp ? await resp.json() : null };
 }
 
-function sleep(ms) {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-/** `promise`, or `fallback` after `ms` (the timer never keeps the process alive). */
-function orAfter(promise, ms, fallback) {
-  let timer;
-  const t = new Promise((r) => {
-    timer = setTimeout(() => r(fallback), ms);
-    timer.unref();
-  });
-  return Promise.race([promise, t]).finally(() => clearTimeout(timer));
-}
-
-/** Polls `cond` until it is true or `ms` pass. */
-async function until(cond, ms, what) {
-  const deadline = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
+const newContextWithAuthenticator = () => newContext(browser);
+const sessionCookie = (context) => cookieAt(context, server.base);
 
 // ---------- set-up and tear-down ----------
 
 before(async () => {
   assert.ok(fs.existsSync(BIN), `no server binary at ${BIN}: run tests/browser/run.sh (it builds it)`);
   assert.ok(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium`);
-  const port = await freePort();
-  const base = `http://localhost:${port}`;
-  const proc = startChild(
-    ["server", "--data-dir", path.join(tmp, "data"), "--listen", `127.0.0.1:${port}`, "--public-url", base],
-    cleanEnv(),
-  );
-  const escaped = base.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
-  const [enrollUrl] = await waitForLine(proc, new RegExp(`^${escaped}/enroll/[A-Za-z0-9_-]+$`), "the first-start enrollment URL");
-  await waitForHealth(base, proc);
-  server = { proc, port, base, enrollUrl };
+  server = await startServer(tmp);
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
 });
 
@@ -294,9 +71,6 @@ after(async () => {
   if (!process.exitCode) fs.rmSync(tmp, { recursive: true, force: true });
 });
 
-process.on("exit", () => {
-  for (const c of children) c.kill("SIGKILL");
-});
 
 // ---------- scenarios ----------
 
@@ -330,6 +104,9 @@ test("sign in with the discoverable passkey and see it listed", async () => {
   await page.getByRole("heading", { name: "Sign in" }).waitFor();
   await shot(page, "login");
   await page.getByRole("button", { name: "Sign in with a passkey" }).click();
+  // Signed in, the console opens on the vaults.
+  await page.waitForURL(`${server.base}/vaults`);
+  await page.getByRole("navigation", { name: "Console" }).getByRole("link", { name: "My passkeys" }).click();
   await page.waitForURL(`${server.base}/credentials`);
   await page.getByRole("heading", { name: "My passkeys" }).waitFor();
 
@@ -482,7 +259,7 @@ test("the server refuses sign-in without user verification and with a bogus sign
     await cdp.send("WebAuthn.setResponseOverrideBits", { authenticatorId, isBogusSignature: false });
     await bob.page.goto(`${server.base}/login`);
     await bob.page.getByRole("button", { name: "Sign in with a passkey" }).click();
-    await bob.page.waitForURL(`${server.base}/credentials`);
+    await bob.page.waitForURL(`${server.base}/vaults`);
     const me = await apiFromPage(bob.page, "GET", "/api/v1/me");
     assert.equal(me.status, 200);
     assert.equal(me.body.username, "bob");

@@ -100,7 +100,41 @@ pub(crate) async fn export(api: &mut Api, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `strongroom audit verify DIR [--trusted-checkpoint FILE] [--vkey FILE] [--json]`
+/// An export as the console downloads it: the export directory's files in a tar archive
+/// (`strongroom-audit-N/records.jsonl`, …).
+fn read_archive(path: &Path) -> anyhow::Result<auditlog::export::Export> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut archive = tar::Archive::new(file);
+    let (mut records, mut checkpoint, mut vkey, mut checkpoints) = (None, None, None, Vec::new());
+    for entry in archive.entries().with_context(|| format!("{} is not a tar archive", path.display()))? {
+        let mut entry = entry?;
+        let name = entry.path()?.to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes)?;
+        let rel = name.split_once('/').map(|(_, r)| r).unwrap_or(&name);
+        let text = || String::from_utf8(bytes.clone()).with_context(|| format!("{name} is not text"));
+        match rel {
+            "records.jsonl" => records = Some(bytes.clone()),
+            "checkpoint" => checkpoint = Some(text()?),
+            "audit.vkey" => vkey = Some(text()?.trim().to_string()),
+            other => {
+                if let Some(size) = other.strip_prefix("checkpoints/").and_then(|n| n.parse::<u64>().ok()) {
+                    checkpoints.push((size, text()?));
+                }
+            }
+        }
+    }
+    let missing = |what: &str| anyhow::anyhow!("{} lacks {what}: not an audit export", path.display());
+    checkpoints.sort();
+    Ok(auditlog::export::Export {
+        records: records.ok_or_else(|| missing("records.jsonl"))?,
+        checkpoint: checkpoint.ok_or_else(|| missing("checkpoint"))?,
+        checkpoints,
+        vkey: vkey.ok_or_else(|| missing("audit.vkey"))?,
+    })
+}
+
+/// `strongroom audit verify DIR|ARCHIVE.tar [--trusted-checkpoint FILE] [--vkey FILE] [--json]`
 pub(crate) fn verify(dir: &Path, trusted: Option<&PathBuf>, vkey: Option<&PathBuf>, json: bool) -> anyhow::Result<()> {
     let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
     let opts = Options {
@@ -108,7 +142,11 @@ pub(crate) fn verify(dir: &Path, trusted: Option<&PathBuf>, vkey: Option<&PathBu
         trusted_checkpoint: trusted.map(read).transpose()?,
     };
     let started = std::time::Instant::now();
-    let result = auditlog::export::verify_dir(dir, &opts);
+    let result = if dir.is_file() {
+        auditlog::export::verify(&read_archive(dir)?, &opts)
+    } else {
+        auditlog::export::verify_dir(dir, &opts)
+    };
     let secs = started.elapsed().as_secs_f64();
     match result {
         Ok(r) => {

@@ -375,7 +375,7 @@ enum AuditCmd {
         after_help = "Keep your own copy of the server's key (GET /api/v1/audit/key) and of each checkpoint you\nverified; pass them next time with --vkey and --trusted-checkpoint."
     )]
     Verify {
-        /// The export directory.
+        /// The export directory (or the tar archive the web console's Export button gives).
         dir: PathBuf,
         /// A checkpoint you saved earlier: the log must still contain exactly that tree.
         #[arg(long)]

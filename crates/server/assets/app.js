@@ -121,9 +121,45 @@ async function approveDevice(userCode) {
   status("Approved. You can return to your terminal.");
 }
 
+/** Approves (or, as its requester, confirms) approval `id` whose digest the user was shown. */
+async function approveApproval(id, digest) {
+  status("Confirm with your passkey…");
+  const start = await api(`/api/v1/approvals/${encodeURIComponent(id)}/start`, {});
+  if (start.digest !== digest) throw new Error("the operation changed; reload the page");
+  const cred = await navigator.credentials.get(requestOptions(start.options));
+  const done = await api(`/api/v1/approvals/${encodeURIComponent(id)}/finish`, { ceremony_id: start.ceremony_id, credential: assertionJson(cred) });
+  if (done && done.kind === "critical") {
+    status(done.status === "executed" ? "Approved. The operation ran." : done.status === "failed" ? `Approved, but the operation did not run: ${done.result.error}` : `Recorded. Still needed: ${done.waiting_for.join(", ")}.`);
+  } else {
+    status("Approved. The restore can start.");
+  }
+  return done;
+}
+
+/**
+ * Conditional UI: once the user name field is focused, a discoverable sign-in waits in the
+ * browser's autofill, where the user picks a passkey. Pressing the button instead cancels it.
+ */
+let conditional = null;
+async function startConditional() {
+  if (conditional || !window.PublicKeyCredential || !PublicKeyCredential.isConditionalMediationAvailable) return;
+  if (!(await PublicKeyCredential.isConditionalMediationAvailable())) return;
+  conditional = new AbortController();
+  const signal = conditional.signal;
+  try {
+    const start = await api("/api/v1/auth/login/start", {});
+    const cred = await navigator.credentials.get({ ...requestOptions(start.options), mediation: "conditional", signal });
+    await api("/api/v1/auth/login/finish", { ceremony_id: start.ceremony_id, credential: assertionJson(cred) });
+    status("Signed in.");
+    location.assign(nextTarget());
+  } catch (e) {
+    if (!signal.aborted) status(e.message || String(e), true);
+  }
+}
+
 function nextTarget() {
   const n = new URLSearchParams(location.search).get("next");
-  return n && n.startsWith("/") && !n.startsWith("//") ? n : "/credentials";
+  return n && n.startsWith("/") && !n.startsWith("//") ? n : "/vaults";
 }
 
 async function loadCredentials() {
@@ -171,7 +207,9 @@ document.addEventListener("DOMContentLoaded", () => {
       document.getElementById("after").hidden = false;
     });
   } else if (page === "login") {
+    document.getElementById("username").addEventListener("focus", () => { startConditional(); }, { once: true });
     document.getElementById("signin").onclick = run(async () => {
+      if (conditional) conditional.abort();
       await signIn(document.getElementById("username").value.trim());
       location.assign(nextTarget());
     });
@@ -184,19 +222,15 @@ document.addEventListener("DOMContentLoaded", () => {
   } else if (page === "approval") {
     const id = document.body.dataset.approval;
     document.getElementById("approve").onclick = run(async () => {
-      status("Confirm with your passkey…");
-      const start = await api(`/api/v1/approvals/${encodeURIComponent(id)}/start`, {});
-      if (start.digest !== document.getElementById("digest").textContent) throw new Error("the operation changed; reload the page");
-      const cred = await navigator.credentials.get(requestOptions(start.options));
-      const done = await api(`/api/v1/approvals/${encodeURIComponent(id)}/finish`, { ceremony_id: start.ceremony_id, credential: assertionJson(cred) });
+      const done = await approveApproval(id, document.getElementById("digest").textContent);
       if (done && done.kind === "critical") {
         document.getElementById("approval-status").textContent = done.status;
         const waiting = document.getElementById("approval-waiting");
         if (waiting) waiting.textContent = done.waiting_for.length ? done.waiting_for.join(", ") : "nothing";
-        status(done.status === "executed" ? "Approved. The operation ran." : done.status === "failed" ? `Approved, but the operation did not run: ${done.result.error}` : `Recorded. Still needed: ${done.waiting_for.join(", ")}.`);
       } else {
         document.getElementById("approval-status").textContent = "approved";
-        status("Approved. The restore can start.");
+        const follow = document.getElementById("follow");
+        if (follow) follow.hidden = false;
       }
     });
     document.getElementById("deny").onclick = run(async () => {
@@ -209,10 +243,6 @@ document.addEventListener("DOMContentLoaded", () => {
     document.getElementById("add").onclick = run(async () => {
       const link = await api("/api/v1/me/credentials/add", {});
       location.assign(link.url);
-    });
-    document.getElementById("logout").onclick = run(async () => {
-      await api("/api/v1/auth/logout", {});
-      location.assign("/login");
     });
   }
 });

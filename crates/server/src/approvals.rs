@@ -38,6 +38,10 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 /// output is the canonical (sorted-key, no-whitespace) form that the digest is taken over.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RestoreOperation {
+    /// `server` for a restore the server runs into its restore directory (requested in the
+    /// console); absent for a restore the requesting client runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
     /// Always `restore`.
     pub kind: String,
     /// Snapshot-relative paths (empty: everything).
@@ -79,6 +83,9 @@ pub(crate) struct RestoreRequest {
     #[serde(default)]
     paths: Vec<String>,
     target: String,
+    /// Restore on the server, into `<data-dir>/restores/<target>` (target: a relative name).
+    #[serde(default)]
+    on_server: bool,
 }
 
 /// `POST /api/v1/vaults/{vault}/restores` → `{"restore_id", "approval_id", "approval_url", "digest"}`
@@ -102,18 +109,32 @@ pub(crate) async fn request(
             return Err(ApiError::BadRequest(format!("bad path to restore: {path:?}")));
         }
     }
+    if body.on_server {
+        let t = body.target.trim_matches('/');
+        if !repo::tree::is_safe_relative_path(t.as_bytes()) {
+            return Err(ApiError::BadRequest(
+                "a restore on the server goes into a new directory under the server's restore directory: give a relative name".into(),
+            ));
+        }
+        if server_restore_dir(&state, t).exists() {
+            return Err(ApiError::Conflict(format!(
+                "the server's restore directory already has {t}; pick another name"
+            )));
+        }
+    }
     // The snapshot must exist (and not be deleted): resolve a prefix to the full id now, so
     // the digest names it exactly.
     let (snap_id, _) = crate::critical::live_snapshot(&state, &vault, &body.snapshot).await?;
     let now = state.clock.now();
     let op = RestoreOperation {
+        destination: body.on_server.then(|| "server".to_string()),
         kind: "restore".into(),
         paths: body.paths.iter().map(|p| p.trim_matches('/').to_string()).collect(),
         request_time: now,
         requester: p.user.username.clone(),
         requester_id: p.user.id.clone(),
         snapshot: snap_id.to_hex(),
-        target: body.target.clone(),
+        target: if body.on_server { body.target.trim_matches('/').to_string() } else { body.target.clone() },
         vault: vault.clone(),
     };
     let (json, digest) = digest_of(&op)?;
@@ -349,6 +370,10 @@ pub(crate) async fn finish(
         .approval_seconds_sum
         .fetch_add((now - a.created_at).max(0) as u64, std::sync::atomic::Ordering::Relaxed);
     audit(&state, "restore.approve", &user.username, "approved", record).await?;
+    let op: RestoreOperation = serde_json::from_str(&a.operation_json).map_err(internal)?;
+    if op.destination.as_deref() == Some("server") {
+        start_server_restore(&state, &a, op).await?;
+    }
     Ok(Json(serde_json::json!({ "approved": true, "digest": a.digest })))
 }
 
@@ -668,4 +693,110 @@ pub(crate) async fn done(
     state.vaults.plans.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     state.vaults.restoring.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Where a server-side restore named `target` goes.
+fn server_restore_dir(state: &AppState, target: &str) -> std::path::PathBuf {
+    state.data_dir.join("restores").join(target)
+}
+
+/// A restore the server runs itself: its progress and outcome.
+pub struct RestoreJob {
+    /// The approved operation.
+    pub operation: RestoreOperation,
+    /// Where it writes.
+    pub target: std::path::PathBuf,
+    /// Bytes and files, live.
+    pub progress: repo::restore::RestoreProgress,
+    /// `running`, `done` or `failed`, and the summary or the error.
+    pub outcome: std::sync::Mutex<(String, serde_json::Value)>,
+    /// When it started (server clock).
+    pub started: i64,
+}
+
+/// Starts the server-side restore of an approval just approved: the approval is consumed (as a
+/// grant would be) and the job runs in the background, audited like a client's restore.
+async fn start_server_restore(state: &Arc<AppState>, a: &store::Approval, op: RestoreOperation) -> ApiResult<()> {
+    // Consumed here: nobody else gets a grant for it.
+    let nobody = identity::codes::random_token(&mut rand_core::OsRng);
+    if !state.store.issue_grant(&a.id, &identity::codes::token_hash(&nobody)).await? {
+        return Err(ApiError::Conflict("this restore was started already".into()));
+    }
+    crate::backups::note_restore_activity(state, &a.id, &op.vault)?;
+    let job = Arc::new(RestoreJob {
+        target: server_restore_dir(state, &op.target),
+        operation: op.clone(),
+        progress: Default::default(),
+        outcome: std::sync::Mutex::new(("running".into(), serde_json::Value::Null)),
+        started: state.clock.now(),
+    });
+    state.vaults.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(a.id.clone(), job.clone());
+    let repo = crate::backups::open_repo(state, &op.vault).await?;
+    audit(
+        state,
+        "restore.start",
+        &op.requester,
+        "started",
+        serde_json::json!({"approval_id": a.id, "digest": a.digest, "destination": "server", "target": job.target.display().to_string()}),
+    )
+    .await?;
+    let (st, id, digest) = (state.clone(), a.id.clone(), a.digest.clone());
+    tokio::spawn(async move {
+        let j = job.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<repo::restore::RestoreSummary, repo::Error> {
+            let snap = repo.load_snapshot(&repo::Id::from_hex(&j.operation.snapshot).unwrap_or(repo::Id([0; 32])))?;
+            let entries = repo::restore::plan(&repo, &snap.tree, &j.operation.paths)?;
+            repo::restore::restore_plan(entries, &j.target, false, &j.progress, &repo::restore::RepoSource(&repo))
+        })
+        .await;
+        let (word, value) = match result {
+            Ok(Ok(s)) => (
+                "done",
+                serde_json::json!({"files": s.files, "dirs": s.dirs, "bytes": s.bytes, "warnings": s.warnings}),
+            ),
+            Ok(Err(e)) => ("failed", serde_json::json!({"error": e.to_string()})),
+            Err(e) => ("failed", serde_json::json!({"error": e.to_string()})),
+        };
+        *job.outcome.lock().unwrap_or_else(|p| p.into_inner()) = (word.into(), value.clone());
+        st.vaults.restoring.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let outcome = if word == "done" { "success" } else { "failure" };
+        let details =
+            serde_json::json!({"approval_id": id, "digest": digest, "destination": "server", "result": value});
+        if let Err(e) = audit(&st, "restore.finish", &job.operation.requester, outcome, details).await {
+            tracing::error!(error = %e, "could not audit the end of a server-side restore");
+        }
+    });
+    Ok(())
+}
+
+/// `GET /api/v1/restores/{id}/job`: a server-side restore's progress, for the requester and
+/// anyone who may read the vault: `{"status": "pending"|"approved"|"running"|"done"|"failed"|
+/// "denied"|"expired", "target", "files_total", "bytes_total", "bytes_done", "result"}`.
+pub(crate) async fn job(State(state): St, p: Principal, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let a = load(&state, &id).await?;
+    if a.kind != "restore" {
+        return Err(ApiError::NotFound("no such restore".into()));
+    }
+    if a.requester_id != p.user.id {
+        let policy = vault_policy(&state, &a.vault).await?;
+        authorize(&state, &p, Operation::VaultRead, &Resource::Vault { name: &a.vault, policy: &policy }).await?;
+    }
+    let op: RestoreOperation = serde_json::from_str(&a.operation_json).map_err(internal)?;
+    let job = state.vaults.jobs.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
+    let Some(job) = job else {
+        let status = match a.status.as_str() {
+            "pending" if a.expires_at <= state.clock.now() => "expired",
+            // Consumed without a job in this process: the server restarted during the restore.
+            "consumed" if op.destination.is_some() => "interrupted",
+            other => other,
+        };
+        return Ok(Json(serde_json::json!({"status": status, "operation": op})));
+    };
+    let (status, result) = job.outcome.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    use std::sync::atomic::Ordering::Relaxed;
+    Ok(Json(serde_json::json!({
+        "status": status, "operation": op, "target": job.target.display().to_string(), "started": job.started,
+        "files_total": job.progress.files_total.load(Relaxed), "bytes_total": job.progress.bytes_total.load(Relaxed),
+        "bytes_done": job.progress.bytes_done.load(Relaxed), "result": result,
+    })))
 }

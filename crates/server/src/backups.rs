@@ -54,6 +54,8 @@ pub struct Vaults {
     pub(crate) restoring: Mutex<HashMap<String, (String, i64)>>,
     /// Vaults a prune is rewriting: no backup or restore may start meanwhile.
     maintenance: Mutex<HashSet<String>>,
+    /// Restores the server runs itself (requested in the console), by approval id.
+    pub(crate) jobs: Mutex<HashMap<String, Arc<crate::approvals::RestoreJob>>>,
 }
 
 fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -8,6 +8,7 @@ pub mod audit_api;
 pub mod audit_log;
 pub mod auth;
 pub mod backups;
+pub mod console;
 pub mod critical;
 pub mod error;
 pub mod metrics;
@@ -49,6 +50,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/vaults/{name}/undelete", post(critical::undelete_vault))
         .route("/vaults/{name}/snapshots/{id}", delete(critical::delete_snapshot))
         .route("/vaults/{name}/snapshots/{id}/undelete", post(critical::undelete_snapshot))
+        .route("/vaults/{name}/snapshots/{id}/tree", get(console::tree))
+        .route("/approvals", get(console::inbox))
+        .route("/restores/{id}/job", get(approvals::job))
+        .route("/audit/credentials/{id}", get(console::credential))
+        .route("/audit/export", get(console::export_tar))
         .route("/vaults/{name}/retention", post(critical::set_retention))
         .route("/vaults/{name}/immutability", post(critical::set_immutability))
         .route("/vaults/{name}/policy", post(critical::set_policy))
@@ -101,7 +107,15 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/device", get(pages::device_page))
         .route("/credentials", get(pages::credentials_page))
         .route("/approvals/{id}", get(pages::approval_page))
+        .route("/approvals", get(pages::inbox_page))
+        .route("/vaults", get(pages::vaults_page))
+        .route("/vaults/{name}", get(pages::vault_page))
+        .route("/vaults/{name}/snapshots/{id}", get(pages::snapshot_page))
+        .route("/restores/{id}", get(pages::restore_page))
+        .route("/users", get(pages::users_page))
+        .route("/audit", get(pages::audit_page))
         .route("/assets/app.js", get(pages::app_js))
+        .route("/assets/console.js", get(pages::console_js))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
         // Chunk uploads are the one route with large bodies.
         .merge(

@@ -1,5 +1,7 @@
-//! Server-rendered pages: plain HTML, one stylesheet inline, one script (`/assets/app.js`)
-//! served by the server itself (no CDN). Dynamic values are HTML-escaped.
+//! Server-rendered pages: plain HTML, one stylesheet inline, two scripts served by the server
+//! itself (no CDN, no build step): `/assets/app.js` (WebAuthn ceremonies) and
+//! `/assets/console.js` (the data pages, rendered from the same JSON API the CLI uses, with
+//! `textContent` only). Dynamic values in the HTML are escaped. docs/console.md says why.
 
 use std::sync::Arc;
 
@@ -12,6 +14,7 @@ use crate::auth::{cookie, live_session};
 use crate::state::{AppState, SESSION_COOKIE};
 
 const APP_JS: &str = include_str!("../assets/app.js");
+const CONSOLE_JS: &str = include_str!("../assets/console.js");
 
 /// Escapes text for HTML content and attribute values.
 pub fn esc(s: &str) -> String {
@@ -28,19 +31,35 @@ pub fn esc(s: &str) -> String {
 }
 
 fn page(title: &str, name: &str, data: &str, body: &str) -> Response {
+    render(title, name, data, body, "")
+}
+
+/// A console page: the navigation, then the page.
+fn console_page(title: &str, name: &str, data: &str, body: &str) -> Response {
+    let nav = r#"<header><nav aria-label="Console"><a href="/vaults">Vaults</a> <a href="/approvals">Approvals</a> <a href="/audit">Audit</a> <a href="/users">Users</a> <a href="/credentials">My passkeys</a> <button id="nav-logout" type="button">Sign out</button></nav></header>"#;
+    render(title, name, data, body, nav)
+}
+
+fn render(title: &str, name: &str, data: &str, body: &str, nav: &str) -> Response {
     let html = format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · Strongroom</title>
 <style>
-body{{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;line-height:1.5;color:#1b1b1b}}
-h1{{font-size:1.5rem}} button{{font-size:1rem;padding:.5rem 1rem;margin:.25rem 0;cursor:pointer}}
-input{{font-size:1rem;padding:.4rem;width:100%;max-width:20rem;box-sizing:border-box}}
-.status{{margin-top:1rem;min-height:1.5rem}} .error{{color:#a00000}} code{{font-size:1.2rem;letter-spacing:.1em}}
+body{{font-family:system-ui,sans-serif;max-width:68rem;margin:1rem auto;padding:0 1rem;line-height:1.5;color:#1b1b1b;overflow-wrap:break-word}}
+h1{{font-size:1.5rem}} h2{{font-size:1.2rem;margin-top:1.5rem}} button{{font-size:1rem;padding:.4rem .9rem;margin:.2rem 0;cursor:pointer}}
+input,select,textarea{{font-size:1rem;padding:.4rem;width:100%;max-width:24rem;box-sizing:border-box}}
+.status{{margin-top:1rem;min-height:1.5rem}} .error{{color:#a00000}} code{{font-size:1rem;word-break:break-all}}
 :focus{{outline:3px solid #1a5fb4;outline-offset:2px}}
+nav{{display:flex;flex-wrap:wrap;gap:1rem;align-items:center;border-bottom:1px solid #ccc;padding:.5rem 0}} nav button{{margin-left:auto}}
+table{{border-collapse:collapse;width:100%;table-layout:auto}} th,td{{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #ddd;vertical-align:top}} th,td.nw{{white-space:nowrap}} td.wrap{{overflow-wrap:anywhere;min-width:12rem}}
+dl{{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem}} dt{{font-weight:600}} dd{{margin:0}}
+.badge{{display:inline-block;padding:.3rem .7rem;border-radius:.3rem;font-weight:600}} .ok{{background:#dff3e4;color:#0b4f1c}} .bad{{background:#fbe0e0;color:#7a0000}}
+.visually-hidden{{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}}
+form{{margin:.5rem 0}} label{{display:block;margin-top:.4rem}} ul.cards>li{{margin-bottom:1rem}} progress{{width:100%;max-width:30rem}}
 </style></head>
-<body data-page="{name}" {data}><main><h1>{title}</h1>{body}<p id="status" class="status" role="status" aria-live="polite"></p></main>
-<script src="/assets/app.js"></script></body></html>"#
+<body data-page="{name}" {data}>{nav}<main><h1>{title}</h1>{body}<p id="status" class="status" role="status" aria-live="polite"></p></main>
+<script src="/assets/app.js"></script><script src="/assets/console.js"></script></body></html>"#
     );
     let mut r = Html(html).into_response();
     r.headers_mut().insert(
@@ -53,6 +72,192 @@ input{{font-size:1rem;padding:.4rem;width:100%;max-width:20rem;box-sizing:border
 /// `GET /assets/app.js`
 pub(crate) async fn app_js() -> Response {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], APP_JS).into_response()
+}
+
+/// `GET /assets/console.js`
+pub(crate) async fn console_js() -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], CONSOLE_JS).into_response()
+}
+
+/// The signed-in user of a page request, or the redirect to sign in first and come back.
+async fn signed_in(state: &AppState, headers: &axum::http::HeaderMap, here: &str) -> Result<(), Response> {
+    let ok = match cookie(headers, SESSION_COOKIE) {
+        Some(t) => live_session(state, &identity::codes::token_hash(t), state.clock.now()).await.is_ok(),
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Redirect::to(&format!("/login?next={}", url_encode(here))).into_response())
+    }
+}
+
+/// Keeps what may appear in a path segment of ours (vault names, ids).
+fn segment(s: &str) -> String {
+    s.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(128).collect()
+}
+
+/// `GET /vaults`
+pub(crate) async fn vaults_page(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    if let Err(r) = signed_in(&state, &headers, "/vaults").await {
+        return r;
+    }
+    console_page(
+        "Vaults",
+        "vaults",
+        "",
+        r#"<table id="vaults" aria-label="Vaults"><thead><tr><th scope="col">Vault</th><th scope="col">Kind</th><th scope="col">Size</th><th scope="col">Snapshots</th><th scope="col">Last backup</th><th scope="col">Policy</th></tr></thead><tbody></tbody></table>
+<p>New vaults and backups: <code>strongroom vault create NAME</code>, <code>strongroom backup --vault NAME PATH…</code>.</p>"#,
+    )
+}
+
+/// `GET /vaults/{name}`: snapshots, deleted snapshots, retention and immutability.
+pub(crate) async fn vault_page(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let name = segment(&name);
+    if let Err(r) = signed_in(&state, &headers, &format!("/vaults/{name}")).await {
+        return r;
+    }
+    console_page(
+        &format!("Vault {name}"),
+        "vault",
+        &format!(r#"data-vault="{}""#, esc(&name)),
+        r#"<dl id="vault-summary"></dl>
+<h2>Snapshots</h2>
+<table id="snapshots" aria-label="Snapshots"><thead><tr><th scope="col">Snapshot</th><th scope="col">Time</th><th scope="col">Host</th><th scope="col">Paths</th><th scope="col">Size</th><th scope="col">Protected</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead><tbody></tbody></table>
+<section id="deleted-section" hidden><h2>Deleted snapshots</h2>
+<table id="deleted" aria-label="Deleted snapshots"><thead><tr><th scope="col">Snapshot</th><th scope="col">Time</th><th scope="col">Deleted by</th><th scope="col">Purged after</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead><tbody></tbody></table></section>
+<h2>Protection</h2>
+<form id="retention-form"><label for="retention-days">Retention in days (snapshots protected, deleted things recoverable)</label><input id="retention-days" type="number" min="0" max="3650" required> <button type="submit">Set retention</button></form>
+<form id="immutability-form"><label for="immutability">Immutability</label><select id="immutability"><option value="disabled">disabled</option><option value="enabled">enabled</option><option value="locked">locked (for good)</option></select> <button type="submit">Set immutability</button></form>
+<p><button id="delete-vault" type="button">Delete vault</button><button id="undelete-vault" type="button" hidden>Undelete vault</button></p>
+<div id="gated" aria-live="polite"></div>"#,
+    )
+}
+
+/// `GET /vaults/{name}/snapshots/{id}?path=`: browse a snapshot, request a restore.
+pub(crate) async fn snapshot_page(
+    State(state): State<Arc<AppState>>,
+    Path((name, id)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let (name, id) = (segment(&name), segment(&id));
+    if let Err(r) = signed_in(&state, &headers, &format!("/vaults/{name}/snapshots/{id}")).await {
+        return r;
+    }
+    console_page(
+        &format!("Snapshot {} of {name}", id.get(..8).unwrap_or(&id)),
+        "snapshot",
+        &format!(r#"data-vault="{}" data-snapshot="{}""#, esc(&name), esc(&id)),
+        &format!(
+            r#"<p><a href="/vaults/{v}">Back to vault {n}</a></p>
+<nav aria-label="Folder" id="crumbs"></nav>
+<table id="entries" aria-label="Files"><thead><tr><th scope="col">Name</th><th scope="col">Kind</th><th scope="col">Size</th><th scope="col">Modified</th></tr></thead><tbody></tbody></table>
+<h2>Restore</h2>
+<form id="restore-form"><label for="restore-paths">Paths to restore, one per line (empty: everything)</label><textarea id="restore-paths" rows="3"></textarea>
+<label for="restore-target">Restore into (a new directory under the server's restore directory)</label><input id="restore-target" required pattern="[A-Za-z0-9._/-]+">
+<button type="submit">Request restore</button></form>
+<div id="requested" aria-live="polite"></div>"#,
+            v = esc(&name),
+            n = esc(&name),
+        ),
+    )
+}
+
+/// `GET /restores/{id}`: a server-side restore's progress, live.
+pub(crate) async fn restore_page(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let id = segment(&id);
+    if let Err(r) = signed_in(&state, &headers, &format!("/restores/{id}")).await {
+        return r;
+    }
+    console_page(
+        "Restore",
+        "restore",
+        &format!(r#"data-restore="{}""#, esc(&id)),
+        r#"<p>Status: <strong id="job-status">…</strong></p>
+<p><label for="progress">Progress</label><progress id="progress" max="1" value="0"></progress></p>
+<dl id="job"></dl>"#,
+    )
+}
+
+/// `GET /approvals`: the inbox.
+pub(crate) async fn inbox_page(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    if let Err(r) = signed_in(&state, &headers, "/approvals").await {
+        return r;
+    }
+    console_page(
+        "Approvals",
+        "inbox",
+        "",
+        r#"<h2>Waiting for you</h2><ul id="waiting" class="cards" aria-label="Waiting for you"></ul>
+<h2>Your pending requests</h2><ul id="mine" aria-label="Your pending requests"></ul>"#,
+    )
+}
+
+/// `GET /users`: users, roles, invites and the policy simulator.
+pub(crate) async fn users_page(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    if let Err(r) = signed_in(&state, &headers, "/users").await {
+        return r;
+    }
+    let roles: String =
+        policy::Role::ALL.iter().map(|r| format!(r#"<option value="{0}">{0}</option>"#, r.as_str())).collect();
+    let ops: String = policy::Operation::ALL
+        .iter()
+        .map(|o| {
+            let v = serde_json::to_value(o).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            format!(r#"<option value="{0}">{0}</option>"#, esc(&v))
+        })
+        .collect();
+    console_page(
+        "Users and roles",
+        "users",
+        "",
+        &format!(
+            r#"<table id="users" aria-label="Users"><thead><tr><th scope="col">User</th><th scope="col">Roles</th><th scope="col">State</th><th scope="col">Account expires</th></tr></thead><tbody></tbody></table>
+<h2>Invite</h2>
+<form id="invite-form"><label for="invite-user">User name</label><input id="invite-user" required autocomplete="off">
+<label for="invite-role">Role</label><select id="invite-role">{roles}</select> <button type="submit">Create invite</button></form>
+<div id="invite-link" aria-live="polite"></div>
+<h2>Roles</h2>
+<table id="roles" aria-label="Role assignments"><thead><tr><th scope="col">User</th><th scope="col">Role</th><th scope="col">Where</th></tr></thead><tbody></tbody></table>
+<form id="role-form"><label for="role-user">User name</label><input id="role-user" autocomplete="off">
+<label for="role-role">Role</label><select id="role-role">{roles}</select>
+<label for="role-vault">Vault (empty: every vault)</label><input id="role-vault" autocomplete="off">
+<button id="assign" type="button">Assign role</button> <button id="revoke" type="button">Revoke role</button></form>
+<div id="gated" aria-live="polite"></div>
+<h2>Policy simulator</h2>
+<form id="simulate-form"><label for="sim-user">What would user</label><input id="sim-user" required autocomplete="off">
+<label for="sim-op">need to</label><select id="sim-op">{ops}</select>
+<label for="sim-vault">on vault (empty: the server)</label><input id="sim-vault" autocomplete="off">
+<button type="submit">Simulate</button></form>
+<ul id="sim-result" aria-live="polite"></ul>"#
+        ),
+    )
+}
+
+/// `GET /audit`: the log, verified in the browser against the signed checkpoint.
+pub(crate) async fn audit_page(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    if let Err(r) = signed_in(&state, &headers, "/audit").await {
+        return r;
+    }
+    console_page(
+        "Audit log",
+        "audit",
+        "",
+        r#"<p><span id="badge" class="badge" role="status" aria-live="polite">Verifying the latest checkpoint…</span> <a href="/api/v1/audit/export" download>Export (tar, for strongroom audit verify)</a></p>
+<form id="audit-filter"><label for="audit-search">Search</label><input id="audit-search" type="search">
+<label for="audit-kind">Kind</label><select id="audit-kind"><option value="">all</option></select>
+<label for="audit-outcome">Outcome</label><select id="audit-outcome"><option value="">all</option><option>success</option><option>approved</option><option>allow</option><option>deny</option><option>denied</option><option>refused</option><option>failure</option><option>pending_approval</option></select></form>
+<p id="audit-count"></p>
+<table id="audit" aria-label="Audit records"><thead><tr><th scope="col">#</th><th scope="col">Time</th><th scope="col">Kind</th><th scope="col">Actor</th><th scope="col">Outcome</th><th scope="col">About</th></tr></thead><tbody></tbody></table>"#,
+    )
 }
 
 /// `GET /enroll/{token}`
@@ -158,23 +363,34 @@ pub(crate) async fn approval_page(
 <dt>Vault</dt><dd>{vault}</dd>
 <dt>Snapshot</dt><dd><code>{snapshot}</code></dd>
 <dt>Paths</dt><dd>{paths}</dd>
-<dt>Target directory</dt><dd><code>{target}</code></dd>
+<dt>Target directory</dt><dd><code>{target}</code>{where_}</dd>
 <dt>Requested by</dt><dd>{requester}</dd>
 <dt>Requested at</dt><dd>{when}</dd>
 <dt>Status</dt><dd id="approval-status">{status}</dd>
 <dt>Operation digest (SHA-256)</dt><dd><code id="digest">{digest}</code></dd>
 </dl>
-<button id="approve" type="button">Approve with passkey</button> <button id="deny" type="button">Deny</button>"#,
+<button id="approve" type="button">Approve with passkey</button> <button id="deny" type="button">Deny</button>
+{follow}"#,
+        follow = if op["destination"] == "server" {
+            format!(r#"<p id="follow" hidden><a href="/restores/{}">Follow the restore</a></p>"#, esc(&a.id))
+        } else {
+            String::new()
+        },
         vault = esc(op["vault"].as_str().unwrap_or("")),
         snapshot = esc(op["snapshot"].as_str().unwrap_or("")),
         paths = if paths.is_empty() { "everything".to_string() } else { esc(&paths) },
         target = esc(op["target"].as_str().unwrap_or("")),
+        where_ = if op["destination"] == "server" {
+            " (on the server, under its restore directory)"
+        } else {
+            " (on the requester's machine)"
+        },
         requester = esc(op["requester"].as_str().unwrap_or("")),
         when = esc(&when),
         status = esc(&a.status),
         digest = esc(&a.digest),
     );
-    page("Approve a restore", "approval", &format!(r#"data-approval="{}""#, esc(&id)), &body)
+    console_page("Approve a restore", "approval", &format!(r#"data-approval="{}""#, esc(&id)), &body)
 }
 
 /// The approval page of a critical operation: every field of the operation, who asked, what
@@ -212,7 +428,7 @@ async fn critical_page(state: &AppState, a: &store::Approval, op: &serde_json::V
         approved_by = if approved_by.is_empty() { "nobody yet".to_string() } else { esc(&approved_by.join(", ")) },
         digest = esc(&a.digest),
     );
-    page("Approve a critical operation", "approval", &format!(r#"data-approval="{}""#, esc(&a.id)), &body)
+    console_page("Approve a critical operation", "approval", &format!(r#"data-approval="{}""#, esc(&a.id)), &body)
 }
 
 /// `GET /credentials`
@@ -224,16 +440,16 @@ pub(crate) async fn credentials_page(State(state): State<Arc<AppState>>, headers
     if !signed_in {
         return Redirect::to("/login?next=/credentials").into_response();
     }
-    page(
+    console_page(
         "My passkeys",
         "credentials",
         "",
         r#"<ul id="credentials" aria-label="Your passkeys"></ul>
-<button id="add" type="button">Add another passkey</button> <button id="logout" type="button">Sign out</button>"#,
+<button id="add" type="button">Add another passkey</button>"#,
     )
 }
 
 /// `GET /`
 pub(crate) async fn index() -> Redirect {
-    Redirect::to("/credentials")
+    Redirect::to("/vaults")
 }

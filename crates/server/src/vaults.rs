@@ -233,7 +233,12 @@ pub(crate) async fn list_vaults(State(state): St, p: Principal) -> ApiResult<Jso
             serde_json::from_str(&v.policy_json).map_err(|e| ApiError::Internal(e.to_string()))?;
         let resource = Resource::Vault { name: &v.name, policy: &policy };
         if policy::decide(&principal, &auth, Operation::VaultRead, &resource, None, now) == Decision::Allow {
-            out.push(vault_json(&v, &policy));
+            let mut j = vault_json(&v, &policy);
+            if v.deleted_at.is_none() {
+                // Size, snapshot count and last backup, for the console's list.
+                j["stats"] = crate::console::vault_stats(&state, &v.name).await?;
+            }
+            out.push(j);
         }
     }
     Ok(Json(serde_json::json!({ "vaults": out })))

@@ -1,0 +1,267 @@
+// The web console in a real browser: Playwright drives Debian's Chromium with DevTools WebAuthn
+// virtual authenticators against a real `strongroom server`; backups come from the real CLI.
+//
+// Scenarios run in order: an owner and a Security Admin enroll and sign in; the CLI backs up;
+// the owner browses the snapshot, requests a restore in the console, approves it with a passkey
+// and watches it complete; a critical operation the owner asks for is approved by the Security
+// Admin in a second browser context; an approval whose authenticator reports no user
+// verification is refused; the audit page verifies the log and shows who signed each approval.
+// Screenshots of the main pages land in tests/browser/screenshots/.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { chromium } from "playwright-core";
+import {
+  BIN, CHROMIUM, CHROMIUM_ARGS, STEP_TIMEOUT, children, cleanEnv, startChild, stopChild, newContextWithAuthenticator,
+  outcome, shot, apiFromPage, enrollFromLink, until, startServer,
+} from "./lib.mjs";
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "strongroom-console-"));
+let server;
+let browser;
+let owner; // { context, page, cdp, authenticatorId }
+let sam; // the Security Admin
+let token; // the owner's access token, for the CLI
+
+/** Signs the page's user in through /login (discoverable passkey); lands on the vaults. */
+async function signIn(who) {
+  await who.page.goto(`${server.base}/login`);
+  await who.page.getByRole("button", { name: "Sign in with a passkey" }).click();
+  await who.page.waitForURL(`${server.base}/vaults`);
+}
+
+function cli(args) {
+  const env = cleanEnv({ XDG_CONFIG_HOME: path.join(tmp, "cli"), HOME: tmp });
+  const proc = startChild(["--server", server.base, "--token", token, ...args], env);
+  return proc.exited.then(({ code }) => ({ code, out: proc.stdoutText, err: proc.stderrText }));
+}
+
+/** No horizontal scrolling at a laptop's width. */
+async function fitsWidth(page, what) {
+  const { scroll, width } = await page.evaluate(() => ({ scroll: document.documentElement.scrollWidth, width: window.innerWidth }));
+  assert.ok(scroll <= width, `${what} scrolls sideways: ${scroll} > ${width}`);
+}
+
+before(async () => {
+  assert.ok(fs.existsSync(BIN), `no server binary at ${BIN}: run tests/browser/run.sh (it builds it)`);
+  assert.ok(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium`);
+  server = await startServer(tmp);
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+});
+
+after(async () => {
+  if (browser) await browser.close().catch(() => {});
+  for (const c of [...children]) if (c !== server?.proc) await stopChild(c, "SIGTERM");
+  if (server) {
+    await stopChild(server.proc);
+    const log = path.join(tmp, "server.log");
+    fs.writeFileSync(log, server.proc.stderrText);
+    if (process.exitCode) console.log(`server log: ${log}`);
+  }
+  if (!process.exitCode) fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+test("an owner and a Security Admin enroll and sign in; the CLI backs up", async () => {
+  owner = await newContextWithAuthenticator(browser);
+  await owner.page.setViewportSize({ width: 1280, height: 800 });
+  await enrollFromLink(owner.page, server.enrollUrl, "Owner key");
+  await signIn(owner);
+  // The first Security Admin may be invited while there is none.
+  const invite = await apiFromPage(owner.page, "POST", "/api/v1/invites", { username: "sam", role: "security-admin" });
+  assert.equal(invite.status, 200, JSON.stringify(invite.body));
+  sam = await newContextWithAuthenticator(browser);
+  await sam.page.setViewportSize({ width: 1280, height: 800 });
+  await enrollFromLink(sam.page, invite.body.url, "Sam's key");
+  await signIn(sam);
+
+  // A token for the CLI from a passkey sign-in in the owner's page (app.js's signIn).
+  token = await owner.page.evaluate(() => signIn("owner").then((d) => d.access_token));
+  assert.ok(token);
+  let r = await cli(["vault", "create", "lab"]);
+  assert.equal(r.code, 0, r.err);
+  const src = path.join(tmp, "src");
+  fs.mkdirSync(path.join(src, "docs"), { recursive: true });
+  fs.writeFileSync(path.join(src, "docs", "plan.txt"), "the plan\n".repeat(1000));
+  fs.writeFileSync(path.join(src, "data.bin"), Buffer.alloc(300_000, 7));
+  r = await cli(["backup", "--vault", "lab", "--json", src]);
+  assert.equal(r.code, 0, r.err);
+});
+
+test("vaults, a vault and a snapshot's tree with file sizes", async () => {
+  const { page } = owner;
+  await page.goto(`${server.base}/vaults`);
+  const row = page.getByRole("table", { name: "Vaults" }).getByRole("row", { name: /lab/ });
+  await row.waitFor();
+  const text = await row.textContent();
+  assert.match(text, /test/);
+  assert.match(text, /\d+(\.\d)? (KB|MB|B)/, `size shown: ${text}`);
+  assert.match(text, /retention 14 d/);
+  await fitsWidth(page, "/vaults");
+  await shot(page, "console-vaults");
+
+  await page.getByRole("link", { name: "lab" }).click();
+  await page.getByRole("heading", { name: "Vault lab" }).waitFor();
+  const snapshots = page.getByRole("table", { name: "Snapshots" }).getByRole("row");
+  await until(async () => (await snapshots.count()) === 2, STEP_TIMEOUT, "one snapshot row");
+  await fitsWidth(page, "/vaults/lab");
+  await shot(page, "console-vault");
+
+  await page.getByRole("table", { name: "Snapshots" }).getByRole("link").first().click();
+  await page.getByRole("heading", { name: /Snapshot .* of lab/ }).waitFor();
+  await page.getByRole("table", { name: "Files" }).getByRole("link", { name: "src/" }).click();
+  await page.getByRole("table", { name: "Files" }).getByRole("link", { name: "docs/" }).waitFor();
+  const bin = await page.getByRole("table", { name: "Files" }).getByRole("row", { name: /data\.bin/ }).textContent();
+  assert.match(bin, /300\.0 KB/, bin);
+  await fitsWidth(page, "snapshot page");
+  await shot(page, "console-snapshot");
+});
+
+test("a restore requested in the console, approved with a passkey, watched to the end", async () => {
+  const { page } = owner;
+  // Still on the snapshot's src/ folder: restore just that folder.
+  assert.equal(await page.getByLabel(/Paths to restore/).inputValue(), "src");
+  await page.getByLabel(/Restore into/).fill("lab-first");
+  await page.getByRole("button", { name: "Request restore" }).click();
+  await page.getByRole("link", { name: "open the approval page" }).click();
+  await page.getByRole("heading", { name: "Approve a restore" }).waitFor();
+  const digest = (await page.locator("#digest").textContent()).trim();
+  assert.match(digest, /^[0-9a-f]{64}$/, "the page shows the operation's digest as text");
+  for (const fact of ["lab", "lab-first", "owner", "src"]) assert.match(await page.locator("main dl").textContent(), new RegExp(fact));
+  await shot(page, "console-approval-restore");
+  await page.getByRole("button", { name: "Approve with passkey" }).click();
+  const result = await outcome(page);
+  assert.equal(result.isError, false, result.text);
+  await page.getByRole("link", { name: "Follow the restore" }).click();
+  await until(async () => (await page.locator("#job-status").textContent()) === "done", STEP_TIMEOUT, "the restore to finish");
+  assert.match(await page.locator("#job").textContent(), /files.*every chunk verified/);
+  await shot(page, "console-restore");
+  const restored = path.join(tmp, "data", "restores", "lab-first", "src");
+  assert.equal(fs.readFileSync(path.join(restored, "docs", "plan.txt"), "utf8"), "the plan\n".repeat(1000));
+  assert.deepEqual(fs.readFileSync(path.join(restored, "data.bin")), Buffer.alloc(300_000, 7));
+});
+
+test("a critical operation: the owner asks and confirms, the Security Admin approves in another browser", async () => {
+  const { page } = owner;
+  await page.goto(`${server.base}/vaults/lab`);
+  await page.getByLabel(/Retention in days/).fill("7");
+  await page.getByRole("button", { name: "Set retention" }).click();
+  await page.getByRole("link", { name: "Open the approval" }).click();
+  await page.getByRole("heading", { name: "Approve a critical operation" }).waitFor();
+  assert.match(await page.locator("main dl").textContent(), /set_retention/);
+  await page.getByRole("button", { name: "Approve with passkey" }).click();
+  let result = await outcome(page);
+  assert.equal(result.isError, false, result.text);
+  assert.match(result.text, /Still needed: 1 Security Admin approval/);
+  // The owner alone changed nothing.
+  assert.equal((await apiFromPage(page, "GET", "/api/v1/vaults/lab")).body.policy.retention_days, 14);
+
+  await sam.page.goto(`${server.base}/approvals`);
+  const item = sam.page.getByRole("list", { name: "Waiting for you" }).getByRole("listitem").first();
+  await item.waitFor();
+  assert.match(await item.textContent(), /set_retention on vault lab/);
+  await fitsWidth(sam.page, "/approvals");
+  await shot(sam.page, "console-inbox");
+  await item.getByRole("link").click();
+  await sam.page.getByRole("heading", { name: "Approve a critical operation" }).waitFor();
+  await shot(sam.page, "console-approval-critical");
+  await sam.page.getByRole("button", { name: "Approve with passkey" }).click();
+  result = await outcome(sam.page);
+  assert.equal(result.isError, false, result.text);
+  assert.match(result.text, /The operation ran/);
+  assert.equal((await apiFromPage(page, "GET", "/api/v1/vaults/lab")).body.policy.retention_days, 7);
+});
+
+test("an approval is refused when the authenticator reports no user verification", async () => {
+  const { page } = owner;
+  await page.goto(`${server.base}/vaults/lab`);
+  await page.getByLabel("Immutability").selectOption("enabled");
+  await page.getByRole("button", { name: "Set immutability" }).click();
+  await page.getByRole("link", { name: "Open the approval" }).click();
+  await page.getByRole("button", { name: "Approve with passkey" }).click();
+  assert.equal((await outcome(page)).isError, false);
+  const id = new URL(page.url()).pathname.split("/").pop();
+
+  const { cdp, authenticatorId } = sam;
+  await cdp.send("WebAuthn.setUserVerified", { authenticatorId, isUserVerified: false });
+  // Chromium would decline on its own (the server requires user verification), so a tampering
+  // client downgrades the options: the authenticator then answers without the UV flag, and the
+  // server must refuse that assertion.
+  await sam.page.route("**/api/v1/approvals/*/start", async (route) => {
+    const resp = await route.fetch();
+    const json = await resp.json();
+    json.options.publicKey.userVerification = "discouraged";
+    await route.fulfill({ response: resp, json });
+  });
+  await sam.page.goto(`${server.base}/approvals/${id}`);
+  const finish = sam.page.waitForResponse((r) => r.url().endsWith("/finish"));
+  await sam.page.getByRole("button", { name: "Approve with passkey" }).click();
+  const resp = await finish;
+  const result = await outcome(sam.page);
+  await shot(sam.page, "console-approval-refused-no-uv");
+  assert.equal(result.isError, true, result.text);
+  assert.match(result.text, /user verification/i);
+  assert.equal(resp.status() >= 400, true);
+  const shown = await apiFromPage(sam.page, "GET", `/api/v1/approvals/${id}`);
+  assert.equal(shown.body.status, "pending");
+  assert.equal(shown.body.approvals_needed, 1, "the refused assertion counted for nothing");
+  await sam.page.unroute("**/api/v1/approvals/*/start");
+  await cdp.send("WebAuthn.setUserVerified", { authenticatorId, isUserVerified: true });
+  // Sam denies it from the inbox instead.
+  await sam.page.goto(`${server.base}/approvals`);
+  await sam.page.getByRole("button", { name: `Deny critical ${id.slice(0, 8)}` }).click();
+  await until(async () => (await apiFromPage(sam.page, "GET", `/api/v1/approvals/${id}`)).body.status === "denied", STEP_TIMEOUT, "the denial");
+  assert.equal((await apiFromPage(page, "GET", "/api/v1/vaults/lab")).body.policy.immutability, "disabled");
+});
+
+test("the audit page verifies the checkpoint and shows who signed each approval", async () => {
+  const { page } = owner;
+  await page.goto(`${server.base}/audit`);
+  const badge = page.locator("#badge");
+  await until(async () => /verified/.test(await badge.textContent()), STEP_TIMEOUT, "the checkpoint badge");
+  assert.match(await badge.textContent(), /^Latest checkpoint verified: \d+ records/);
+  await page.getByLabel("Kind").selectOption("critical");
+  await page.getByLabel("Search").fill("approve");
+  const rows = page.getByRole("table", { name: "Audit records" }).getByRole("row");
+  await until(async () => /signed by sam's "Sam's key"/.test(await page.getByRole("table", { name: "Audit records" }).textContent()), STEP_TIMEOUT, "sam's signed approval");
+  assert.ok((await rows.count()) >= 2);
+  await page.getByLabel("Kind").selectOption("restore");
+  await until(async () => /signed by owner's "Owner key"/.test(await page.getByRole("table", { name: "Audit records" }).textContent()), STEP_TIMEOUT, "the owner's restore approval");
+  await page.getByLabel("Kind").selectOption("");
+  await page.getByLabel("Search").fill("");
+  await fitsWidth(page, "/audit");
+  await shot(page, "console-audit");
+  // The export button's archive verifies offline with the CLI.
+  const download = page.waitForEvent("download");
+  await page.getByRole("link", { name: /Export/ }).click();
+  const file = path.join(tmp, "audit.tar");
+  await (await download).saveAs(file);
+  const verify = startChild(["audit", "verify", file], cleanEnv());
+  const { code } = await verify.exited;
+  assert.equal(code, 0, verify.stderrText);
+  assert.match(verify.stdoutText, /OK: \d+ records.*passkey approvals re-verified/);
+});
+
+test("users, roles and the policy simulator; keyboard use", async () => {
+  const { page } = owner;
+  await page.goto(`${server.base}/users`);
+  const users = page.getByRole("table", { name: "Users" });
+  await users.getByRole("row", { name: /sam/ }).waitFor();
+  await page.getByLabel("What would user").fill("sam");
+  await page.getByLabel("need to").selectOption("restore-request");
+  await page.getByLabel(/on vault/).fill("lab");
+  await page.getByRole("button", { name: "Simulate" }).click();
+  await page.getByRole("list").filter({ hasText: "With a software passkey" }).waitFor();
+  assert.match(await page.locator("#sim-result").textContent(), /With a software passkey: refused: no role/);
+  await fitsWidth(page, "/users");
+  await shot(page, "console-users");
+  // Keyboard: from the top of the page, Tab reaches the navigation, Enter follows a link.
+  await page.goto(`${server.base}/vaults`);
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), "Vaults");
+  await page.keyboard.press("Tab");
+  await page.keyboard.press("Enter");
+  await page.waitForURL(`${server.base}/approvals`);
+});
