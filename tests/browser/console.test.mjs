@@ -16,7 +16,7 @@ import path from "node:path";
 import { chromium } from "playwright-core";
 import {
   BIN, CHROMIUM, CHROMIUM_ARGS, STEP_TIMEOUT, children, cleanEnv, startChild, stopChild, newContextWithAuthenticator,
-  outcome, shot, apiFromPage, enrollFromLink, until, startServer,
+  outcome, shot, apiFromPage, enrollFromLink, until, startServer, AUTHENTICATOR,
 } from "./lib.mjs";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "strongroom-console-"));
@@ -249,6 +249,16 @@ test("users, roles and the policy simulator; keyboard use", async () => {
   await page.goto(`${server.base}/users`);
   const users = page.getByRole("table", { name: "Users" });
   await users.getByRole("row", { name: /sam/ }).waitFor();
+  // Invite a reader: a one-time link appears.
+  await page.getByLabel("New user's name").fill("rita");
+  await page.locator("#invite-role").selectOption("reader");
+  await page.getByRole("button", { name: "Create invite" }).click();
+  await until(async () => /\/enroll\//.test(await page.locator("#invite-link").textContent()), STEP_TIMEOUT, "the invite link");
+  // Granting a role below Security Admin takes effect at once.
+  await page.getByLabel("User", { exact: true }).fill("sam");
+  await page.locator("#role-role").selectOption("auditor");
+  await page.getByRole("button", { name: "Assign role" }).click();
+  await page.getByRole("table", { name: "Role assignments" }).getByRole("row", { name: /sam auditor/ }).waitFor();
   await page.getByLabel("What would user").fill("sam");
   await page.getByLabel("need to").selectOption("restore-request");
   await page.getByLabel(/on vault/).fill("lab");
@@ -264,4 +274,35 @@ test("users, roles and the policy simulator; keyboard use", async () => {
   await page.keyboard.press("Tab");
   await page.keyboard.press("Enter");
   await page.waitForURL(`${server.base}/approvals`);
+});
+
+test("conditional UI signs in from the user-name field; a second authenticator is added, renamed and revoked", async () => {
+  const { page, cdp, authenticatorId } = owner;
+  await page.getByRole("navigation", { name: "Console" }).getByRole("button", { name: "Sign out" }).click();
+  await page.waitForURL(`${server.base}/login`);
+  // Focusing the field starts a conditional (autofill) request; the virtual authenticator
+  // picks the discoverable passkey, as a user choosing it from the autofill list would.
+  assert.equal(await page.evaluate(() => PublicKeyCredential.isConditionalMediationAvailable()), true);
+  await page.getByLabel(/User name/).focus();
+  await page.waitForURL(`${server.base}/vaults`);
+
+  // Add another authenticator: only the new one answers (the first is excluded anyway).
+  const second = await cdp.send("WebAuthn.addVirtualAuthenticator", { options: { ...AUTHENTICATOR, transport: "usb" } });
+  await cdp.send("WebAuthn.setAutomaticPresenceSimulation", { authenticatorId, enabled: false });
+  await page.goto(`${server.base}/credentials`);
+  await page.getByRole("button", { name: "Add another passkey" }).click();
+  await page.getByRole("heading", { name: "Create your passkey" }).waitFor();
+  await page.getByLabel("Name for this passkey (optional)").fill("Backup key");
+  await page.getByRole("button", { name: "Create passkey" }).click();
+  assert.match((await outcome(page)).text, /Passkey created/);
+  await cdp.send("WebAuthn.setAutomaticPresenceSimulation", { authenticatorId, enabled: true });
+  await page.goto(`${server.base}/credentials`);
+  const items = page.getByRole("list", { name: "Your passkeys" }).getByRole("listitem");
+  await until(async () => (await items.count()) === 2, STEP_TIMEOUT, "two passkeys listed");
+  page.once("dialog", (d) => d.accept("Spare key"));
+  await page.getByRole("button", { name: "Rename Backup key" }).click();
+  await page.getByRole("button", { name: "Revoke Spare key" }).click();
+  await until(async () => /Spare key \(revoked\)/.test(await page.getByRole("list", { name: "Your passkeys" }).textContent()), STEP_TIMEOUT, "the revoked key");
+  await shot(page, "console-credentials");
+  await cdp.send("WebAuthn.removeVirtualAuthenticator", { authenticatorId: second.authenticatorId });
 });

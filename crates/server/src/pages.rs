@@ -222,12 +222,12 @@ pub(crate) async fn users_page(State(state): State<Arc<AppState>>, headers: axum
         &format!(
             r#"<table id="users" aria-label="Users"><thead><tr><th scope="col">User</th><th scope="col">Roles</th><th scope="col">State</th><th scope="col">Account expires</th></tr></thead><tbody></tbody></table>
 <h2>Invite</h2>
-<form id="invite-form"><label for="invite-user">User name</label><input id="invite-user" required autocomplete="off">
+<form id="invite-form"><label for="invite-user">New user's name</label><input id="invite-user" required autocomplete="off">
 <label for="invite-role">Role</label><select id="invite-role">{roles}</select> <button type="submit">Create invite</button></form>
 <div id="invite-link" aria-live="polite"></div>
 <h2>Roles</h2>
 <table id="roles" aria-label="Role assignments"><thead><tr><th scope="col">User</th><th scope="col">Role</th><th scope="col">Where</th></tr></thead><tbody></tbody></table>
-<form id="role-form"><label for="role-user">User name</label><input id="role-user" autocomplete="off">
+<form id="role-form"><label for="role-user">User</label><input id="role-user" autocomplete="off">
 <label for="role-role">Role</label><select id="role-role">{roles}</select>
 <label for="role-vault">Vault (empty: every vault)</label><input id="role-vault" autocomplete="off">
 <button id="assign" type="button">Assign role</button> <button id="revoke" type="button">Revoke role</button></form>
