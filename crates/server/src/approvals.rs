@@ -110,7 +110,7 @@ pub(crate) async fn request(
         }
     }
     if body.on_server {
-        let t = body.target.trim_matches('/');
+        let t = body.target.trim_end_matches('/');
         if !repo::tree::is_safe_relative_path(t.as_bytes()) {
             return Err(ApiError::BadRequest(
                 "a restore on the server goes into a new directory under the server's restore directory: give a relative name".into(),
@@ -134,7 +134,7 @@ pub(crate) async fn request(
         requester: p.user.username.clone(),
         requester_id: p.user.id.clone(),
         snapshot: snap_id.to_hex(),
-        target: if body.on_server { body.target.trim_matches('/').to_string() } else { body.target.clone() },
+        target: if body.on_server { body.target.trim_end_matches('/').to_string() } else { body.target.clone() },
         vault: vault.clone(),
     };
     let (json, digest) = digest_of(&op)?;

@@ -1760,3 +1760,125 @@ async fn an_approved_operation_cut_off_by_a_crash_runs_at_the_next_start_exactly
         (Some(600), Some(10))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_reads_browse_trees_list_the_inbox_and_run_server_side_restores() {
+    let (s, to, (mut owner, _), (mut alice, _), (mut carol, _)) = restore_fixture().await;
+    let tc = s.token(&mut carol, Some("carol")).await;
+    // A reader browses a snapshot's tree, with sizes; names are checked, not trusted.
+    let (st, root) = s.get("/api/v1/vaults/prod/snapshots/latest/tree", Some(&tc)).await;
+    assert_eq!(st, StatusCode::OK, "{root}");
+    let first_dir = root["entries"].as_array().unwrap().iter().find(|e| e["kind"] == "dir").unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, sub) = s.get(&format!("/api/v1/vaults/prod/snapshots/latest/tree?path={first_dir}"), Some(&tc)).await;
+    assert_eq!(st, StatusCode::OK, "{sub}");
+    assert!(
+        sub["entries"].as_array().unwrap().iter().any(|e| e["kind"] == "file" && e["size"].as_u64().is_some()),
+        "{sub}"
+    );
+    for bad in ["..", "a/../b", "/etc/passwd/../x"] {
+        let (st, _) = s.get(&format!("/api/v1/vaults/prod/snapshots/latest/tree?path={bad}"), Some(&tc)).await;
+        assert!(st == StatusCode::BAD_REQUEST || st == StatusCode::NOT_FOUND, "{bad}: {st}");
+    }
+    // The vault list carries size, snapshot count and last backup.
+    let (_, list) = s.get("/api/v1/vaults", Some(&tc)).await;
+    let prod = list["vaults"].as_array().unwrap().iter().find(|v| v["name"] == "prod").unwrap();
+    assert!(prod["stats"]["stored_bytes"].as_u64().unwrap() > 0 && prod["stats"]["snapshots"] == 1, "{prod}");
+
+    // Server-side restores: a relative new directory only.
+    for bad in ["../escape", "/abs", ""] {
+        let body = json!({"snapshot": "latest", "target": bad, "on_server": true});
+        let (st, v) = s.post("/api/v1/vaults/prod/restores", body, Some(&to)).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+    let (st, r) = s
+        .post(
+            "/api/v1/vaults/prod/restores",
+            json!({"snapshot": "latest", "target": "r1", "on_server": true}),
+            Some(&to),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{r}");
+    let id = r["approval_id"].as_str().unwrap().to_string();
+    let (_, shown) = s.get(&format!("/api/v1/approvals/{id}"), Some(&to)).await;
+    assert_eq!(shown["operation"]["destination"], "server", "the approver sees where the data goes: {shown}");
+    // The inbox: alice (restore operator) sees it waiting; the owner sees it as a request.
+    let ta = s.token(&mut alice, Some("alice")).await;
+    let (_, inbox) = s.get("/api/v1/approvals", Some(&ta)).await;
+    assert!(inbox["waiting_for_me"].as_array().unwrap().iter().any(|a| a["approval_id"] == id.as_str()), "{inbox}");
+    let (_, inbox) = s.get("/api/v1/approvals", Some(&to)).await;
+    assert!(inbox["my_requests"].as_array().unwrap().iter().any(|a| a["approval_id"] == id.as_str()), "{inbox}");
+    let (_, job) = s.get(&format!("/api/v1/restores/{id}/job"), Some(&to)).await;
+    assert_eq!(job["status"], "pending");
+    // Approved, the server restores by itself; nobody gets a grant for it.
+    let (st, start, pkc) = sign_approval(&s, &mut alice, &ta, &id).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, v) = s
+        .post(
+            &format!("/api/v1/approvals/{id}/finish"),
+            json!({"ceremony_id": start["ceremony_id"], "credential": pkc}),
+            Some(&ta),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let mut job = Value::Null;
+    for _ in 0..200 {
+        job = s.get(&format!("/api/v1/restores/{id}/job"), Some(&to)).await.1;
+        if job["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(job["status"], "done", "{job}");
+    assert_eq!(job["bytes_done"], job["bytes_total"]);
+    testkit::assert_trees_equal(&s._dir.path().join("src-prod"), &s._dir.path().join("data/restores/r1/src-prod"));
+    let (_, st2) = s.get(&format!("/api/v1/restores/{id}"), Some(&to)).await;
+    assert!(st2["grant"].is_null(), "no grant is handed out for a server-side restore: {st2}");
+    let (st, v) = s
+        .post(
+            "/api/v1/vaults/prod/restores",
+            json!({"snapshot": "latest", "target": "r1", "on_server": true}),
+            Some(&to),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "never into an existing directory: {v}");
+    let kinds = s.audit_kinds().await;
+    assert!(kinds.iter().filter(|k| *k == "restore.finish").count() == 1, "{kinds:?}");
+
+    // The tar export holds the export files; the credential lookup names the authenticator.
+    let to = s.token(&mut owner, Some("owner")).await;
+    let resp = s.http.get(format!("{}/api/v1/audit/export", s.base)).bearer_auth(&to).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/x-tar");
+    let tar = resp.bytes().await.unwrap();
+    let mut names = Vec::new();
+    for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
+    }
+    for want in ["records.jsonl", "checkpoint", "audit.vkey"] {
+        assert!(names.iter().any(|n| n.ends_with(want)), "{want} in {names:?}");
+    }
+    let cred = serde_json::from_str::<Value>(
+        &s.state
+            .store
+            .audit_events(0, 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|e| e.event.kind == "restore.approve")
+            .unwrap()
+            .event
+            .details_json,
+    )
+    .unwrap()["assertion"]["credential_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (st, c) = s.get(&format!("/api/v1/audit/credentials/{cred}"), Some(&to)).await;
+    assert_eq!((st, c["user"].as_str()), (StatusCode::OK, Some("alice")), "{c}");
+    let (st, _) = s.get(&format!("/api/v1/audit/credentials/{cred}"), Some(&tc)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "a reader does not read the audit log");
+}
