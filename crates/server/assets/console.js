@@ -206,6 +206,11 @@ async function restorePage(id) {
   for (;;) {
     const j = await api(`/api/v1/restores/${encodeURIComponent(id)}/job`, undefined, "GET");
     const op = j.operation || {};
+    if (j.destination === "client") {
+      document.getElementById("job-status").textContent = j.status;
+      status("This restore runs on the requester's machine (strongroom restore); its outcome is in the audit log.");
+      return;
+    }
     const rows = [
       ["Vault", op.vault], ["Snapshot", op.snapshot], ["Paths", (op.paths || []).join(", ") || "everything"],
       ["Target on the server", j.target || op.target], ["Requested by", op.requester], ["Status", j.status],

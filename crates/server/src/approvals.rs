@@ -111,9 +111,9 @@ pub(crate) async fn request(
     }
     if body.on_server {
         let t = body.target.trim_end_matches('/');
-        if !repo::tree::is_safe_relative_path(t.as_bytes()) {
+        if t.contains('/') || !repo::tree::is_safe_relative_path(t.as_bytes()) {
             return Err(ApiError::BadRequest(
-                "a restore on the server goes into a new directory under the server's restore directory: give a relative name".into(),
+                "a restore on the server goes into a new directory of the server's restore directory: give a name (no /)".into(),
             ));
         }
         if server_restore_dir(&state, t).exists() {
@@ -432,6 +432,12 @@ pub(crate) async fn status(
         return Err(ApiError::NotFound("no such approval".into()));
     }
     let now = state.clock.now();
+    let op: RestoreOperation = serde_json::from_str(&a.operation_json).map_err(internal)?;
+    if op.destination.is_some() {
+        // The server runs it; nobody gets a grant to run it elsewhere.
+        let status = if a.status == "pending" && a.expires_at <= now { "expired" } else { a.status.as_str() };
+        return Ok(Json(serde_json::json!({ "status": status, "destination": op.destination })));
+    }
     match a.status.as_str() {
         "approved" => {
             if a.requester_session != p.session.id {
@@ -512,6 +518,9 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for GrantHolder {
             return Err(ApiError::Unauthenticated);
         }
         let operation: RestoreOperation = serde_json::from_str(&a.operation_json).map_err(internal)?;
+        if operation.destination.is_some() {
+            return Err(ApiError::Unauthenticated);
+        }
         Ok(GrantHolder { approval: a, operation })
     }
 }
@@ -525,6 +534,8 @@ fn check_restore_id(g: &GrantHolder, id: &str) -> ApiResult<()> {
 
 /// The approved plan, and the set of chunks it may read, cached per approval.
 async fn approved_plan(state: &AppState, g: &GrantHolder) -> ApiResult<Arc<crate::backups::RestorePlan>> {
+    // A vault deleted since the approval is read no more.
+    crate::critical::live_vault(state, &g.operation.vault).await?;
     crate::backups::note_restore_activity(state, &g.approval.id, &g.operation.vault)?;
     if let Some(p) = state.vaults.plans.lock().unwrap_or_else(|p| p.into_inner()).get(&g.approval.id) {
         return Ok(p.clone());
@@ -717,12 +728,20 @@ pub struct RestoreJob {
 /// Starts the server-side restore of an approval just approved: the approval is consumed (as a
 /// grant would be) and the job runs in the background, audited like a client's restore.
 async fn start_server_restore(state: &Arc<AppState>, a: &store::Approval, op: RestoreOperation) -> ApiResult<()> {
+    // Refused while maintenance holds the vault, before the approval is used up.
+    crate::backups::note_restore_activity(state, &a.id, &op.vault)?;
+    let repo = match crate::backups::open_repo(state, &op.vault).await {
+        Ok(r) => r,
+        Err(e) => {
+            state.vaults.restoring.lock().unwrap_or_else(|p| p.into_inner()).remove(&a.id);
+            return Err(e);
+        }
+    };
     // Consumed here: nobody else gets a grant for it.
     let nobody = identity::codes::random_token(&mut rand_core::OsRng);
     if !state.store.issue_grant(&a.id, &identity::codes::token_hash(&nobody)).await? {
         return Err(ApiError::Conflict("this restore was started already".into()));
     }
-    crate::backups::note_restore_activity(state, &a.id, &op.vault)?;
     let job = Arc::new(RestoreJob {
         target: server_restore_dir(state, &op.target),
         operation: op.clone(),
@@ -731,7 +750,6 @@ async fn start_server_restore(state: &Arc<AppState>, a: &store::Approval, op: Re
         started: state.clock.now(),
     });
     state.vaults.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(a.id.clone(), job.clone());
-    let repo = crate::backups::open_repo(state, &op.vault).await?;
     audit(
         state,
         "restore.start",
@@ -743,12 +761,28 @@ async fn start_server_restore(state: &Arc<AppState>, a: &store::Approval, op: Re
     let (st, id, digest) = (state.clone(), a.id.clone(), a.digest.clone());
     tokio::spawn(async move {
         let j = job.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<repo::restore::RestoreSummary, repo::Error> {
+        let work = tokio::task::spawn_blocking(move || -> Result<repo::restore::RestoreSummary, repo::Error> {
+            // A new directory, made here (not followed if something else is there): the job
+            // never writes into a directory it did not create.
+            let parent = j.target.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+            let io = |p: &std::path::Path, e: std::io::Error| repo::Error::Invalid(format!("{}: {e}", p.display()));
+            std::fs::create_dir_all(&parent).map_err(|e| io(&parent, e))?;
+            std::fs::create_dir(&j.target).map_err(|e| io(&j.target, e))?;
             let snap = repo.load_snapshot(&repo::Id::from_hex(&j.operation.snapshot).unwrap_or(repo::Id([0; 32])))?;
             let entries = repo::restore::plan(&repo, &snap.tree, &j.operation.paths)?;
             repo::restore::restore_plan(entries, &j.target, false, &j.progress, &repo::restore::RepoSource(&repo))
-        })
-        .await;
+        });
+        // While it runs, the vault stays busy for maintenance (prune, key retirement, purge).
+        tokio::pin!(work);
+        let result = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
+                    let now = st.clock.now();
+                    st.vaults.restoring.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), (job.operation.vault.clone(), now));
+                }
+            }
+        };
         let (word, value) = match result {
             Ok(Ok(s)) => (
                 "done",
@@ -784,6 +818,10 @@ pub(crate) async fn job(State(state): St, p: Principal, Path(id): Path<String>) 
     let op: RestoreOperation = serde_json::from_str(&a.operation_json).map_err(internal)?;
     let job = state.vaults.jobs.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
     let Some(job) = job else {
+        if op.destination.is_none() {
+            // A restore the requester's own client runs: its progress is there, its end in the log.
+            return Ok(Json(serde_json::json!({"status": a.status, "destination": "client", "operation": op})));
+        }
         let status = match a.status.as_str() {
             "pending" if a.expires_at <= state.clock.now() => "expired",
             // Consumed without a job in this process: the server restarted during the restore.

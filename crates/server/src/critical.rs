@@ -92,6 +92,43 @@ pub enum Action {
         /// Role.
         role: Role,
     },
+    /// Disable a Security Admin's account (which ends their sessions).
+    UserDisable {
+        /// User name.
+        user: String,
+    },
+    /// Set or clear a Security Admin's account expiry.
+    UserExpiry {
+        /// User name.
+        user: String,
+        /// Unix seconds, or none.
+        expires_at: Option<i64>,
+    },
+}
+
+/// The one-time flag of the first Security Admin's grant without approval.
+pub const BOOTSTRAP_FLAG: &str = "security_admin_bootstrap";
+
+/// Setting up: no Security Admin holds the role anywhere and none was ever granted through the
+/// bootstrap. Only then may an invite carry Owner, or the first Security Admin be granted
+/// without an approval (nobody could approve anything otherwise).
+pub(crate) async fn setting_up(state: &AppState) -> ApiResult<bool> {
+    if state.store.flag(BOOTSTRAP_FLAG).await?.is_some() {
+        return Ok(false);
+    }
+    let any_admin = state.store.all_roles().await?.iter().any(|r| r.role == Role::SecurityAdmin.as_str());
+    Ok(!any_admin)
+}
+
+/// Takes the bootstrap (once, atomically): true if and only if this caller may grant the first
+/// Security Admin without an approval.
+pub(crate) async fn claim_bootstrap(state: &AppState) -> ApiResult<bool> {
+    Ok(setting_up(state).await? && state.store.claim_flag(BOOTSTRAP_FLAG, state.clock.now()).await?)
+}
+
+/// Whether `user` holds Security Admin anywhere.
+pub(crate) async fn is_security_admin(state: &AppState, user_id: &str) -> ApiResult<bool> {
+    Ok(state.store.roles_of(user_id).await?.iter().any(|r| r.role == Role::SecurityAdmin.as_str()))
 }
 
 /// A critical operation as approved: its canonical JSON (RFC 8785) is what the digest covers.
@@ -209,6 +246,8 @@ async fn change_of(state: &AppState, op: &CriticalOperation) -> ApiResult<(Chang
         (Action::RetireKey { .. }, Some(_), _) => Change::RetireKey,
         (Action::RoleAssign { role, .. }, _, _) => Change::GrantRole(*role),
         (Action::RoleRevoke { role, .. }, _, _) => Change::RevokeRole(*role),
+        // Disabling or expiring a Security Admin takes the role away in effect.
+        (Action::UserDisable { .. } | Action::UserExpiry { .. }, _, _) => Change::RevokeRole(Role::SecurityAdmin),
         _ => return Err(ApiError::BadRequest("this operation needs a vault".into())),
     };
     Ok((change, policy))
@@ -237,8 +276,11 @@ pub(crate) async fn gate_or_request(
     // The first Security Admin: with none at all, nobody could ever approve anything, so the
     // grant of the first one is the one role change that goes through alone (and says so in
     // the log). From then on granting the role needs their approval.
+    // Server-wide only, claimed once for good: disabling the only Security Admin later does
+    // not reopen it.
     let bootstrap = matches!(op.action, Action::RoleAssign { role: Role::SecurityAdmin, .. })
-        && state.store.count_active_users_with_role(Role::SecurityAdmin.as_str(), now).await? == 0;
+        && op.vault.is_none()
+        && claim_bootstrap(state).await?;
     if bootstrap {
         gate = Gate::Direct;
     }
@@ -410,6 +452,19 @@ async fn apply(state: &Arc<AppState>, op: &CriticalOperation) -> ApiResult<Value
             drop(held);
             Ok(json!({"vault": vault, "rotated_to": rotated, "report": report?}))
         }
+        Action::UserDisable { user } => {
+            let u =
+                state.store.user_by_name(user).await?.ok_or_else(|| ApiError::NotFound(format!("no user {user}")))?;
+            state.store.set_user_disabled(&u.id, true).await?;
+            state.store.revoke_sessions_of_user(&u.id, now).await?;
+            Ok(json!({"user": user, "disabled": true}))
+        }
+        Action::UserExpiry { user, expires_at } => {
+            let u =
+                state.store.user_by_name(user).await?.ok_or_else(|| ApiError::NotFound(format!("no user {user}")))?;
+            state.store.set_user_expiry(&u.id, *expires_at).await?;
+            Ok(json!({"user": user, "expires_at": expires_at}))
+        }
         Action::RoleAssign { user, role } | Action::RoleRevoke { user, role } => {
             let u =
                 state.store.user_by_name(user).await?.ok_or_else(|| ApiError::NotFound(format!("no user {user}")))?;
@@ -437,10 +492,16 @@ pub async fn run_approved(state: &Arc<AppState>, id: &str, resume: bool) -> ApiR
     let op: CriticalOperation = serde_json::from_str(&a.operation_json).map_err(internal)?;
     let now = state.clock.now();
     let outcome: ApiResult<Value> = async {
+        if resume {
+            if let Some(done) = already_done(state, &op).await? {
+                return Ok(done);
+            }
+        }
         let requester = state.store.user_by_id(&op.requester_id).await?;
         if !requester.is_some_and(|u| !u.disabled && u.expires_at.is_none_or(|t| t > now)) {
             return Err(ApiError::Forbidden("the requester's account is no longer active".into()));
         }
+        requester_still_may(state, &op).await?;
         let (change, policy) = change_of(state, &op).await?;
         if let Gate::Refused(reason) = policy::gate(&change, policy.as_ref()) {
             return Err(ApiError::Denied(reason));
@@ -463,6 +524,65 @@ pub async fn run_approved(state: &Arc<AppState>, id: &str, resume: bool) -> ApiR
     )
     .await?;
     Ok(())
+}
+
+/// The operation a critical action needs its requester to hold (checked again before it runs).
+fn operation_of(action: &Action) -> Operation {
+    match action {
+        Action::VaultDelete | Action::SnapshotDelete { .. } => Operation::Delete,
+        Action::SetRetention { .. }
+        | Action::SetImmutability { .. }
+        | Action::SetPolicy { .. }
+        | Action::RetireKey { .. } => Operation::PolicyChange,
+        Action::RoleAssign { .. }
+        | Action::RoleRevoke { .. }
+        | Action::UserDisable { .. }
+        | Action::UserExpiry { .. } => Operation::RoleManage,
+    }
+}
+
+/// Refuses if the requester no longer holds a role that allows the operation.
+async fn requester_still_may(state: &AppState, op: &CriticalOperation) -> ApiResult<()> {
+    let policy = match &op.vault {
+        Some(v) => Some(live_vault(state, v).await?.1),
+        None => None,
+    };
+    let resource = match (&op.vault, &policy) {
+        (Some(v), Some(p)) => Resource::Vault { name: v, policy: p },
+        _ => Resource::Server,
+    };
+    let principal = policy_principal(state, &op.requester_id).await?;
+    let now = state.clock.now();
+    // The role is what matters here; the requester's passkey vote was the fresh authentication.
+    let auth = policy::AuthContext { hardware: true, user_verified: true, auth_time: now };
+    match policy::decide(&principal, &auth, operation_of(&op.action), &resource, None, now) {
+        Decision::Deny { reason } => Err(ApiError::Denied(reason)),
+        _ => Ok(()),
+    }
+}
+
+/// For an operation a dead process may have run: its result if the state already says so.
+async fn already_done(state: &AppState, op: &CriticalOperation) -> ApiResult<Option<Value>> {
+    let vault = op.vault.as_deref().unwrap_or_default();
+    let row = state.store.vault(vault).await?;
+    let policy: Option<VaultPolicy> = match &row {
+        Some(v) if v.deleted_at.is_none() => Some(serde_json::from_str(&v.policy_json).map_err(internal)?),
+        _ => None,
+    };
+    let done = match &op.action {
+        Action::VaultDelete => row.as_ref().is_none_or(|v| v.deleted_at.is_some()),
+        Action::SnapshotDelete { snapshot } => {
+            state.store.deleted_snapshots(vault).await?.iter().any(|d| &d.snapshot == snapshot)
+        }
+        Action::SetRetention { to, .. } => policy.as_ref().is_some_and(|p| p.retention_days == *to),
+        Action::SetImmutability { to, .. } => policy.as_ref().is_some_and(|p| p.immutability == *to),
+        Action::SetPolicy { to, .. } => policy.as_ref() == Some(to),
+        Action::RetireKey { version } => {
+            policy.is_some() && !open_fresh(state, vault).await?.kek_versions().contains(version)
+        }
+        _ => false,
+    };
+    Ok(done.then(|| json!({"already_done": true})))
 }
 
 /// Runs critical operations approved but not run (housekeeping); with `interrupted`, also
@@ -669,7 +789,7 @@ pub(crate) async fn may_see(state: &AppState, p: &Principal, a: &store::Approval
     };
     let fresh = policy::AuthContext { hardware: true, user_verified: true, auth_time: state.clock.now() };
     let now = state.clock.now();
-    let ok = [Operation::CriticalApprove, Operation::AuditRead, Operation::VaultRead]
+    let ok = [Operation::CriticalApprove, Operation::AuditRead]
         .into_iter()
         .any(|op| policy::decide(&principal, &fresh, op, &resource, None, now) == Decision::Allow);
     if ok {
@@ -840,8 +960,8 @@ pub(crate) async fn undelete_vault(
     let v = state.store.vault(&vault).await?.ok_or_else(|| ApiError::NotFound(format!("no vault {vault}")))?;
     let policy: VaultPolicy = serde_json::from_str(&v.policy_json).map_err(internal)?;
     authorize(&state, &p, Operation::Undelete, &Resource::Vault { name: &vault, policy: &policy }).await?;
-    if !state.store.undelete_vault(&vault).await? {
-        return Err(ApiError::Conflict(format!("vault {vault} is not deleted")));
+    if !state.store.undelete_vault(&vault, state.clock.now()).await? {
+        return Err(ApiError::Conflict(format!("vault {vault} is not deleted, or its purge is due")));
     }
     audit(&state, "vault.undelete", &p.user.username, "success", json!({"vault": vault})).await?;
     Ok(Json(json!({"vault": vault, "undeleted": true})))
@@ -868,8 +988,8 @@ pub(crate) async fn undelete_snapshot(
         [] => return Err(ApiError::NotFound(format!("no deleted snapshot {id} in vault {vault}"))),
         _ => return Err(ApiError::BadRequest(format!("snapshot prefix {id} is ambiguous"))),
     };
-    if !state.store.undelete_snapshot(&vault, &full).await? {
-        return Err(ApiError::Conflict("that snapshot was undeleted or purged meanwhile".into()));
+    if !state.store.undelete_snapshot(&vault, &full, state.clock.now()).await? {
+        return Err(ApiError::Conflict("that snapshot was undeleted meanwhile, or its purge is due".into()));
     }
     audit(&state, "snapshot.undelete", &p.user.username, "success", json!({"vault": vault, "snapshot": full})).await?;
     Ok(Json(json!({"vault": vault, "snapshot": full, "undeleted": true})))
@@ -909,7 +1029,7 @@ pub async fn purge_due(state: &Arc<AppState>) -> ApiResult<usize> {
         .map_err(internal)?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
         // The tombstone goes with the file.
-        state.store.undelete_snapshot(&d.vault, &d.snapshot).await?;
+        state.store.drop_snapshot_tombstone(&d.vault, &d.snapshot).await?;
         audit(
             state,
             "snapshot.purge",

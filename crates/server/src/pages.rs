@@ -334,17 +334,27 @@ pub(crate) async fn approval_page(
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let signed_in = match cookie(&headers, SESSION_COOKIE) {
-        Some(t) => live_session(&state, &identity::codes::token_hash(t), state.clock.now()).await.is_ok(),
-        None => false,
+    let principal = match cookie(&headers, SESSION_COOKIE) {
+        Some(t) => live_session(&state, &identity::codes::token_hash(t), state.clock.now()).await.ok(),
+        None => None,
     };
     let id: String = id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(64).collect();
-    if !signed_in {
+    let Some(p) = principal else {
         return Redirect::to(&format!("/login?next={}", url_encode(&format!("/approvals/{id}")))).into_response();
-    }
-    let Ok(Some(a)) = state.store.approval(&id).await else {
-        return page("Approval not found", "approval-missing", "", "<p>No such approval request.</p>");
     };
+    let missing = || page("Approval not found", "approval-missing", "", "<p>No such approval request.</p>");
+    let Ok(Some(a)) = state.store.approval(&id).await else {
+        return missing();
+    };
+    // Shown to those the API would show it to (the requester, possible approvers, auditors).
+    let visible = if a.kind == "critical" {
+        crate::critical::may_see(&state, &p, &a).await.is_ok()
+    } else {
+        a.requester_id == p.user.id || may_read_vault(&state, &p, &a.vault).await
+    };
+    if !visible {
+        return missing();
+    }
     let op: serde_json::Value = serde_json::from_str(&a.operation_json).unwrap_or_default();
     let when = time::OffsetDateTime::from_unix_timestamp(a.created_at)
         .ok()
@@ -429,6 +439,18 @@ async fn critical_page(state: &AppState, a: &store::Approval, op: &serde_json::V
         digest = esc(&a.digest),
     );
     console_page("Approve a critical operation", "approval", &format!(r#"data-approval="{}""#, esc(&a.id)), &body)
+}
+
+async fn may_read_vault(state: &AppState, p: &crate::auth::Principal, vault: &str) -> bool {
+    let Ok((_, policy)) = crate::critical::live_vault(state, vault).await else { return false };
+    crate::vaults::authorize(
+        state,
+        p,
+        policy::Operation::VaultRead,
+        &policy::Resource::Vault { name: vault, policy: &policy },
+    )
+    .await
+    .is_ok()
 }
 
 /// `GET /credentials`

@@ -202,6 +202,25 @@ pub(crate) async fn enroll_finish(
         return Err(ApiError::EnrollLinkInvalid);
     }
     let link = state.store.enroll_link(&c.link_hash).await?.ok_or(ApiError::EnrollLinkInvalid)?;
+    // A link carrying Owner or Security Admin made while the server was being set up is void
+    // once the set-up has ended (the role then needs a Security Admin's approval).
+    if matches!(link.role.as_str(), "owner" | "security-admin") {
+        if let Some(ended) = state.store.flag(crate::critical::BOOTSTRAP_FLAG).await? {
+            // The Security Admin invite that ended the set-up was made in that same second.
+            let void = if link.role == "owner" { ended >= link.created_at } else { ended > link.created_at };
+            if void {
+                audit(
+                    &state,
+                    "enroll",
+                    &c.username,
+                    "refused",
+                    serde_json::json!({"reason": "the link's role now needs a Security Admin's approval", "role": link.role}),
+                )
+                .await?;
+                return Err(ApiError::EnrollLinkInvalid);
+            }
+        }
+    }
     if c.new_user {
         state
             .store
@@ -624,11 +643,15 @@ pub(crate) async fn invite(
     require_owner(&state, &p, "invite users").await?;
     validate_username(&body.username)?;
     check_role_name(&body.role)?;
-    // An invite must not be a way around the second approval that granting these roles needs:
-    // once a Security Admin exists, invite with a lesser role and `role assign` (critical).
-    if matches!(body.role.as_str(), "owner" | "security-admin")
-        && state.store.count_active_users_with_role("security-admin", state.clock.now()).await? > 0
-    {
+    // An invite must not be a way around the second approval that granting these roles needs.
+    // While the server is being set up (no Security Admin yet), an invite may carry Owner, and
+    // one invite may carry the first Security Admin (which ends the set-up for good).
+    let allowed = match body.role.as_str() {
+        "owner" => crate::critical::setting_up(&state).await?,
+        "security-admin" => crate::critical::claim_bootstrap(&state).await?,
+        _ => true,
+    };
+    if !allowed {
         return Err(ApiError::Conflict(format!(
             "granting {} needs a Security Admin's approval: invite with another role, then `strongroom role assign` it",
             body.role
@@ -681,13 +704,19 @@ pub(crate) async fn disable_user(
     State(state): St,
     p: Principal,
     Path(username): Path<String>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     let user = other_user(&state, &p, &username, "disable users", "you cannot disable yourself").await?;
+    // Disabling a Security Admin removes one in effect: critical (202 with the approval).
+    if crate::critical::is_security_admin(&state, &user.id).await? {
+        let action = crate::critical::Action::UserDisable { user: username };
+        return crate::critical::gate_or_request(&state, &p, None, action).await;
+    }
     let now = state.clock.now();
     state.store.set_user_disabled(&user.id, true).await?;
     state.store.revoke_sessions_of_user(&user.id, now).await?;
     audit(&state, "user.disable", &p.user.username, "success", serde_json::json!({"user": username})).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]
@@ -703,9 +732,15 @@ pub(crate) async fn set_user_expiry(
     p: Principal,
     Path(username): Path<String>,
     Json(body): Json<Expiry>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     let user =
         other_user(&state, &p, &username, "set account expiry", "you cannot set your own account's expiry").await?;
+    // Expiring a Security Admin removes one in effect: critical (202 with the approval).
+    if crate::critical::is_security_admin(&state, &user.id).await? {
+        let action = crate::critical::Action::UserExpiry { user: username, expires_at: body.expires_at };
+        return crate::critical::gate_or_request(&state, &p, None, action).await;
+    }
     state.store.set_user_expiry(&user.id, body.expires_at).await?;
     audit(
         &state,
@@ -715,7 +750,7 @@ pub(crate) async fn set_user_expiry(
         serde_json::json!({"user": username, "expires_at": body.expires_at}),
     )
     .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Checks a role's command-line name.

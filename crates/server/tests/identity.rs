@@ -1788,7 +1788,7 @@ async fn console_reads_browse_trees_list_the_inbox_and_run_server_side_restores(
     assert!(prod["stats"]["stored_bytes"].as_u64().unwrap() > 0 && prod["stats"]["snapshots"] == 1, "{prod}");
 
     // Server-side restores: a relative new directory only.
-    for bad in ["../escape", "/abs", ""] {
+    for bad in ["../escape", "/abs", "", "a/b"] {
         let body = json!({"snapshot": "latest", "target": bad, "on_server": true});
         let (st, v) = s.post("/api/v1/vaults/prod/restores", body, Some(&to)).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {v}");
@@ -1881,4 +1881,49 @@ async fn console_reads_browse_trees_list_the_inbox_and_run_server_side_restores(
     assert_eq!((st, c["user"].as_str()), (StatusCode::OK, Some("alice")), "{c}");
     let (st, _) = s.get(&format!("/api/v1/audit/credentials/{cred}"), Some(&tc)).await;
     assert_eq!(st, StatusCode::FORBIDDEN, "a reader does not read the audit log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_security_admin_comes_once_and_nothing_reopens_that_way() {
+    let (s, to, (mut owner, _), (mut alice, _), (mut carol, _)) = restore_fixture().await;
+    // While setting up, an invite may carry Owner; a vault-scoped Security Admin is no bootstrap.
+    let (st, early_owner) = s.post("/api/v1/invites", json!({"username": "olga", "role": "owner"}), Some(&to)).await;
+    assert_eq!(st, StatusCode::OK, "{early_owner}");
+    let (st, v) = s
+        .post("/api/v1/roles", json!({"username": "carol", "role": "security-admin", "vault": "prod"}), Some(&to))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "a vault-scoped grant waits for an approval: {v}");
+    // The first server-wide Security Admin: at once, and only once.
+    let sa = enroll_invited(&s, &to, "sa1", "security-admin").await;
+    drop(sa);
+    for (user, role) in [("x1", "security-admin"), ("x2", "owner")] {
+        let (st, v) = s.post("/api/v1/invites", json!({"username": user, "role": role}), Some(&to)).await;
+        assert_eq!(st, StatusCode::CONFLICT, "{role}: {v}");
+    }
+    // The owner invite made while setting up is void now.
+    let mut olga = SoftKey::new().unwrap();
+    let (st, v) = s.enroll(&mut olga, early_owner["url"].as_str().unwrap()).await;
+    assert_eq!((st, code(&v)), (StatusCode::GONE, "enroll.link_invalid"), "{v}");
+    // Disabling or expiring the Security Admin is critical, so the bootstrap cannot be reopened
+    // by removing them; neither does a grant go through alone afterwards.
+    let (st, v) = s.post("/api/v1/users/sa1/disable", json!({}), Some(&to)).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let (st, v) = s.post("/api/v1/users/sa1/expiry", json!({"expires_at": s.state.clock.now() + 60}), Some(&to)).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let (st, v) = s.post("/api/v1/roles", json!({"username": "alice", "role": "security-admin"}), Some(&to)).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let sa1 = s.state.store.user_by_name("sa1").await.unwrap().unwrap();
+    assert!(!sa1.disabled && sa1.expires_at.is_none(), "nothing ran without an approval");
+    // Users who are no Security Admins are disabled at once, as before.
+    let (st, _) = s.post("/api/v1/users/carol/disable", json!({}), Some(&to)).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    // A reader sees no critical request; the owner (its requester) does.
+    let id = v["approval_id"].as_str().unwrap().to_string();
+    let ta = s.token(&mut alice, Some("alice")).await;
+    let (st, _) = s.get(&format!("/api/v1/approvals/{id}"), Some(&ta)).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "a restore operator is not among those who see it");
+    let to = s.token(&mut owner, Some("owner")).await;
+    let (st, _) = s.get(&format!("/api/v1/approvals/{id}"), Some(&to)).await;
+    assert_eq!(st, StatusCode::OK);
+    let _ = &mut carol;
 }

@@ -29,6 +29,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, name: "approvals", sql: include_str!("../migrations/0003_approvals.sql") },
     Migration { version: 4, name: "audit_log", sql: include_str!("../migrations/0004_audit_log.sql") },
     Migration { version: 5, name: "critical", sql: include_str!("../migrations/0005_critical.sql") },
+    Migration { version: 6, name: "flags", sql: include_str!("../migrations/0006_flags.sql") },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\

@@ -92,12 +92,15 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Brings back a soft-deleted vault not yet purged: true if and only if this call did.
-    pub async fn undelete_vault(&self, name: &str) -> Result<bool> {
+    /// Brings back a soft-deleted vault whose purge is not due at `now`: true if and only if
+    /// this call did (a vault due for purge may be being purged; it stays gone).
+    pub async fn undelete_vault(&self, name: &str, now: i64) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE vaults SET deleted_at = NULL, deleted_by = NULL, purge_at = NULL WHERE name = $1 AND deleted_at IS NOT NULL",
+            "UPDATE vaults SET deleted_at = NULL, deleted_by = NULL, purge_at = NULL \
+             WHERE name = $1 AND deleted_at IS NOT NULL AND purge_at > $2",
         )
         .bind(name)
+        .bind(now)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -155,14 +158,48 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Brings back a soft-deleted snapshot: true if and only if this call did.
-    pub async fn undelete_snapshot(&self, vault: &str, snapshot: &str) -> Result<bool> {
+    /// Brings back a soft-deleted snapshot whose purge is not due at `now`: true if and only if
+    /// this call did.
+    pub async fn undelete_snapshot(&self, vault: &str, snapshot: &str, now: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM deleted_snapshots WHERE vault = $1 AND snapshot = $2 AND purge_at > $3")
+            .bind(vault)
+            .bind(snapshot)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets a purged snapshot's tombstone (its file is gone): true if there was one.
+    pub async fn drop_snapshot_tombstone(&self, vault: &str, snapshot: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM deleted_snapshots WHERE vault = $1 AND snapshot = $2")
             .bind(vault)
             .bind(snapshot)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Sets the one-time flag `name`: true if and only if this call set it.
+    pub async fn claim_flag(&self, name: &str, now: i64) -> Result<bool> {
+        let done = sqlx::query("INSERT INTO server_flags (name, set_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// When flag `name` was set, if it was.
+    pub async fn flag(&self, name: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT set_at FROM server_flags WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("set_at")?),
+            None => None,
+        })
     }
 
     /// A vault's soft-deleted snapshots, oldest deletion first.

@@ -201,7 +201,7 @@ async fn migrations_are_recorded_once() {
     let pool = raw_pool(&path).await;
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version").fetch_all(&pool).await.unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5], "each migration recorded exactly once");
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6], "each migration recorded exactly once");
 }
 
 #[tokio::test]
@@ -259,8 +259,11 @@ async fn soft_deleted_vaults_and_snapshots_come_back_or_are_purged_when_due() {
     assert_eq!(store.deleted_snapshots("v").await.unwrap(), vec![d.clone()]);
     assert!(store.snapshots_due_for_purge(199).await.unwrap().is_empty());
     assert_eq!(store.snapshots_due_for_purge(200).await.unwrap(), vec![d.clone()]);
-    assert!(store.undelete_snapshot("v", "ab").await.unwrap());
-    assert!(!store.undelete_snapshot("v", "ab").await.unwrap());
+    assert!(!store.undelete_snapshot("v", "ab", 200).await.unwrap(), "not once it is due for purge");
+    assert!(store.undelete_snapshot("v", "ab", 199).await.unwrap());
+    assert!(!store.undelete_snapshot("v", "ab", 199).await.unwrap());
+    assert!(store.soft_delete_snapshot(&d).await.unwrap());
+    assert!(store.drop_snapshot_tombstone("v", "ab").await.unwrap());
     assert!(store.soft_delete_snapshot(&d).await.unwrap());
 
     assert!(store.soft_delete_vault("v", "alice", 100, 300).await.unwrap());
@@ -268,7 +271,8 @@ async fn soft_deleted_vaults_and_snapshots_come_back_or_are_purged_when_due() {
     assert!(store.snapshots_due_for_purge(1000).await.unwrap().is_empty(), "a deleted vault's snapshots wait for it");
     let got = store.vault("v").await.unwrap().unwrap();
     assert_eq!((got.deleted_at, got.deleted_by.as_deref(), got.purge_at), (Some(100), Some("alice"), Some(300)));
-    assert!(store.undelete_vault("v").await.unwrap());
+    assert!(!store.undelete_vault("v", 300).await.unwrap(), "not once it is due for purge");
+    assert!(store.undelete_vault("v", 299).await.unwrap());
     assert_eq!(store.vault("v").await.unwrap().unwrap(), v);
     assert!(store.soft_delete_vault("v", "alice", 100, 300).await.unwrap());
     assert!(store.vaults_due_for_purge(299).await.unwrap().is_empty());
@@ -278,6 +282,15 @@ async fn soft_deleted_vaults_and_snapshots_come_back_or_are_purged_when_due() {
     assert!(store.vault("v").await.unwrap().is_none());
     assert!(store.deleted_snapshots("v").await.unwrap().is_empty());
     assert!(store.all_roles().await.unwrap().iter().all(|r| r.vault.as_deref() != Some("v")));
+}
+
+#[tokio::test]
+async fn server_flags_are_claimed_once() {
+    let (_dir, store) = open().await;
+    assert_eq!(store.flag("x").await.unwrap(), None);
+    assert!(store.claim_flag("x", 10).await.unwrap());
+    assert!(!store.claim_flag("x", 11).await.unwrap());
+    assert_eq!(store.flag("x").await.unwrap(), Some(10));
 }
 
 #[tokio::test]
