@@ -13,10 +13,9 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { chromium } from "playwright-core";
 import {
-  BIN, CHROMIUM, CHROMIUM_ARGS, STEP_TIMEOUT, children, cleanEnv, startChild, stopChild, newContextWithAuthenticator,
-  outcome, shot, apiFromPage, enrollFromLink, until, startServer, AUTHENTICATOR,
+  STEP_TIMEOUT, cleanEnv, startChild, newContextWithAuthenticator,
+  outcome, shot, apiFromPage, enrollFromLink, until, AUTHENTICATOR, launch, shutdown,
 } from "./lib.mjs";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "strongroom-console-"));
@@ -46,22 +45,11 @@ async function fitsWidth(page, what) {
 }
 
 before(async () => {
-  assert.ok(fs.existsSync(BIN), `no server binary at ${BIN}: run tests/browser/run.sh (it builds it)`);
-  assert.ok(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium`);
-  server = await startServer(tmp);
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  ({ server, browser } = await launch(tmp));
 });
 
 after(async () => {
-  if (browser) await browser.close().catch(() => {});
-  for (const c of [...children]) if (c !== server?.proc) await stopChild(c, "SIGTERM");
-  if (server) {
-    await stopChild(server.proc);
-    const log = path.join(tmp, "server.log");
-    fs.writeFileSync(log, server.proc.stderrText);
-    if (process.exitCode) console.log(`server log: ${log}`);
-  }
-  if (!process.exitCode) fs.rmSync(tmp, { recursive: true, force: true });
+  await shutdown({ server, browser }, tmp);
 });
 
 test("an owner and a Security Admin enroll and sign in; the CLI backs up", async () => {

@@ -7,6 +7,7 @@ import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
 
 export const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const REPO = path.resolve(HERE, "..", "..");
@@ -242,3 +243,25 @@ export async function startServer(dir, extra = []) {
 process.on("exit", () => {
   for (const c of children) c.kill("SIGKILL");
 });
+
+/** A suite's set-up: the binary and Chromium are there, a server runs, a browser is open. */
+export async function launch(tmp) {
+  assert.ok(fs.existsSync(BIN), `no server binary at ${BIN}: run tests/browser/run.sh (it builds it)`);
+  assert.ok(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium`);
+  const server = await startServer(tmp);
+  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  return { server, browser };
+}
+
+/** A suite's tear-down: everything stopped; the server's log kept (and named) on failure. */
+export async function shutdown({ server, browser }, tmp) {
+  if (browser) await browser.close().catch(() => {});
+  for (const c of [...children]) if (c !== server?.proc) await stopChild(c, "SIGTERM");
+  if (server) {
+    await stopChild(server.proc);
+    const log = path.join(tmp, "server.log");
+    fs.writeFileSync(log, server.proc.stderrText);
+    if (process.exitCode) console.log(`server log: ${log}`);
+  }
+  if (!process.exitCode) fs.rmSync(tmp, { recursive: true, force: true });
+}

@@ -15,11 +15,10 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { chromium } from "playwright-core";
 import {
-  BIN, CHROMIUM, CHROMIUM_ARGS, STEP_TIMEOUT, children, cleanEnv, startChild, waitForLine, waitForHealth, stopChild,
+  STEP_TIMEOUT, cleanEnv, startChild, waitForLine, stopChild,
   newContextWithAuthenticator as newContext, outcome, shot, b64url, sessionCookie as cookieAt, apiFromPage,
-  enrollFromLink, orAfter, until, startServer,
+  enrollFromLink, orAfter, until, launch, shutdown,
 } from "./lib.mjs";
 
 // ---------- shared state (scenarios run in order) ----------
@@ -53,24 +52,12 @@ const sessionCookie = (context) => cookieAt(context, server.base);
 // ---------- set-up and tear-down ----------
 
 before(async () => {
-  assert.ok(fs.existsSync(BIN), `no server binary at ${BIN}: run tests/browser/run.sh (it builds it)`);
-  assert.ok(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium`);
-  server = await startServer(tmp);
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  ({ server, browser } = await launch(tmp));
 });
 
 after(async () => {
-  if (browser) await browser.close().catch(() => {});
-  for (const c of [...children]) if (c !== server?.proc) await stopChild(c, "SIGTERM");
-  if (server) {
-    await stopChild(server.proc);
-    const log = path.join(tmp, "server.log");
-    fs.writeFileSync(log, server.proc.stderrText);
-    if (process.exitCode) console.log(`server log: ${log}`);
-  }
-  if (!process.exitCode) fs.rmSync(tmp, { recursive: true, force: true });
+  await shutdown({ server, browser }, tmp);
 });
-
 
 // ---------- scenarios ----------
 

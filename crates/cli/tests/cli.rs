@@ -135,15 +135,13 @@ fn spawn_restore(
     args: &[&str],
     target: &std::path::Path,
 ) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>, String) {
-    let mut child = cmd
-        .arg("restore")
-        .args(args)
-        .arg("--target")
-        .arg(target)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    cmd.arg("restore").args(args).arg("--target").arg(target);
+    spawn_first_line(cmd)
+}
+
+/// Starts `cmd` with piped output; returns it, its stdout and the first line it printed.
+fn spawn_first_line(mut cmd: Command) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut url = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut url).unwrap();
@@ -665,18 +663,9 @@ fn spawn_client(
     token: &str,
     args: &[&str],
 ) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>, String) {
-    let mut child = strongroom()
-        .env("XDG_CONFIG_HOME", s.dir.path())
-        .args(["--server", &s.base, "--token", token])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut url = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut url).unwrap();
-    (child, stdout, url.trim().to_string())
+    let mut cmd = strongroom();
+    cmd.env("XDG_CONFIG_HOME", s.dir.path()).args(["--server", &s.base, "--token", token]).args(args);
+    spawn_first_line(cmd)
 }
 
 /// Waits for a spawned client; returns (success, rest of stdout, stderr).
