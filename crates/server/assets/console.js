@@ -446,6 +446,16 @@ document.addEventListener("DOMContentLoaded", () => {
   const page = document.body.dataset.page;
   const d = document.body.dataset;
   const fail = (e) => status(e.message || String(e), true);
+  // Links to pages the user's roles cannot use are hidden (the API refuses them anyway).
+  if (document.querySelector("nav[aria-label=Console]")) {
+    api("/api/v1/me", undefined, "GET").then((me) => {
+      const server = (me.roles || []).filter((r) => !r.vault).map((r) => r.role);
+      const has = (...roles) => roles.some((r) => server.includes(r));
+      const hide = (href, yes) => { const a = document.querySelector(`nav a[href="${href}"]`); if (a) a.hidden = yes; };
+      hide("/users", !has("owner", "security-admin"));
+      hide("/audit", !has("owner", "security-admin", "auditor"));
+    }).catch(() => {});
+  }
   const logout = document.getElementById("nav-logout");
   if (logout) logout.addEventListener("click", guarded(async () => { await api("/api/v1/auth/logout", {}); location.assign("/login"); }));
   if (page === "vaults") vaultsPage().catch(fail);
