@@ -1881,6 +1881,15 @@ async fn console_reads_browse_trees_list_the_inbox_and_run_server_side_restores(
     assert_eq!((st, c["user"].as_str()), (StatusCode::OK, Some("alice")), "{c}");
     let (st, _) = s.get(&format!("/api/v1/audit/credentials/{cred}"), Some(&tc)).await;
     assert_eq!(st, StatusCode::FORBIDDEN, "a reader does not read the audit log");
+
+    // A vault whose storage is damaged is still listed, without its figures.
+    let snaps = s._dir.path().join("data/vaults/hw/snapshots");
+    let victim = std::fs::read_dir(&snaps).unwrap().next().unwrap().unwrap().path();
+    std::fs::write(&victim, b"not a snapshot").unwrap();
+    let (st, list) = s.get("/api/v1/vaults", Some(&to)).await;
+    assert_eq!(st, StatusCode::OK, "{list}");
+    let by = |n: &str| list["vaults"].as_array().unwrap().iter().find(|v| v["name"] == n).unwrap().clone();
+    assert!(by("hw")["stats"].is_null() && by("prod")["stats"]["snapshots"] == 1, "{list}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
