@@ -221,6 +221,35 @@ test("the audit page verifies the checkpoint and shows who signed each approval"
   await page.getByLabel("Search").fill("");
   await fitsWidth(page, "/audit");
   await shot(page, "console-audit");
+  // A log too large to rehash in the browser is checked against the checkpoint this browser
+  // verified before, with a consistency proof (forced here on a small log).
+  const seen = await page.evaluate(() => JSON.parse(localStorage.getItem("strongroom.audit.verified")));
+  assert.ok(seen && seen.size > 0, "the verified checkpoint is remembered");
+  await page.goto(`${server.base}/audit?verify=incremental`);
+  await until(async () => /verified/.test(await badge.textContent()), STEP_TIMEOUT, "the incremental badge");
+  assert.match(await badge.textContent(), new RegExp(`extend the ${seen.size} this browser verified before`));
+  // The page's RFC 9162 check agrees with the server's proofs for every earlier size, and
+  // refuses a wrong root.
+  const checked = await page.evaluate(async (n) => {
+    let ok = 0;
+    for (let m = 1; m <= n; m++) {
+      const c = await api(`/api/v1/audit/proof/consistency?from=${m}&to=${n}`, undefined, "GET");
+      const proof = c.proof.map(hexBytes);
+      if (!(await consistent(m, n, hexBytes(c.from_root), hexBytes(c.to_root), proof))) return `fails at ${m}`;
+      const bad = hexBytes(c.from_root);
+      bad[0] ^= 1;
+      if (m < n && (await consistent(m, n, bad, hexBytes(c.to_root), proof))) return `accepts a wrong root at ${m}`;
+      ok++;
+    }
+    return ok;
+  }, seen.size);
+  assert.equal(checked, seen.size);
+  // A remembered root the log does not extend is reported, not papered over.
+  await page.evaluate((s) => localStorage.setItem("strongroom.audit.verified", JSON.stringify({ ...s, root: btoa("x".repeat(32)) })), seen);
+  await page.goto(`${server.base}/audit?verify=incremental`);
+  await until(async () => /verified/.test(await badge.textContent()), STEP_TIMEOUT, "the failing badge");
+  assert.match(await badge.textContent(), /^Checkpoint NOT verified: the log no longer extends/);
+  await page.evaluate((s) => localStorage.setItem("strongroom.audit.verified", JSON.stringify(s)), seen);
   // The export button's archive verifies offline with the CLI.
   const download = page.waitForEvent("download");
   await page.getByRole("link", { name: /Export/ }).click();

@@ -341,6 +341,47 @@ async function merkleRoot(leafHashes) {
   return right;
 }
 
+/** Records the audit page rehashes itself; a larger log is checked against the checkpoint this
+ * browser verified before (an RFC 9162 consistency proof) and shows its latest records. */
+const FULL_VERIFY_LIMIT = 50_000;
+const SHOWN_RECORDS = 5_000;
+const SEEN_KEY = "strongroom.audit.verified";
+
+function hexBytes(h) {
+  return Uint8Array.from(h.match(/../g) || [], (x) => parseInt(x, 16));
+}
+
+function same(a, b) {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/** RFC 9162 2.1.4.2: does `proof` show the tree of `first` leaves (root `r1`) is a prefix of
+ * the tree of `second` leaves (root `r2`)? */
+async function consistent(first, second, r1, r2, proof) {
+  if (first === second) return proof.length === 0 && same(r1, r2);
+  if (first === 0 || first > second || !proof.length) return false;
+  let p = proof.slice();
+  if ((first & (first - 1)) === 0) p = [r1, ...p];
+  let fn = first - 1;
+  let sn = second - 1;
+  while (fn & 1) { fn >>= 1; sn >>= 1; }
+  let fr = p[0];
+  let sr = p[0];
+  for (const c of p.slice(1)) {
+    if (sn === 0) return false;
+    if ((fn & 1) || fn === sn) {
+      fr = await sha256(Uint8Array.of(1), c, fr);
+      sr = await sha256(Uint8Array.of(1), c, sr);
+      if (!(fn & 1)) while (fn !== 0 && !(fn & 1)) { fn >>= 1; sn >>= 1; }
+    } else {
+      sr = await sha256(Uint8Array.of(1), sr, c);
+    }
+    fn >>= 1;
+    sn >>= 1;
+  }
+  return sn === 0 && same(fr, r1) && same(sr, r2);
+}
+
 function b64decode(s) {
   return Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
 }
@@ -412,24 +453,47 @@ async function auditPage() {
     badge.className = "badge bad";
     throw e;
   }
+  const full = cp.size <= FULL_VERIFY_LIMIT && new URLSearchParams(location.search).get("verify") !== "incremental";
   const raws = [];
-  let after = 0;
+  let after = full ? 0 : Math.max(0, cp.size - SHOWN_RECORDS);
+  const first = after;
   while (after < cp.size) {
     const page = await api(`/api/v1/audit/records?after=${after}&limit=${Math.min(10000, cp.size - after)}`, undefined, "GET");
     if (!page.records.length) break;
     raws.push(...page.records);
     after = page.next;
   }
-  const leaves = [];
-  for (const raw of raws) leaves.push(await sha256(Uint8Array.of(0), enc8.encode(raw)));
-  const root = btoa(String.fromCharCode(...(await merkleRoot(leaves))));
-  if (raws.length !== cp.size || root !== cp.root) {
-    badge.textContent = `Checkpoint NOT verified: the ${raws.length} records do not hash to the signed root`;
-    badge.className = "badge bad";
+  const seenBefore = JSON.parse(localStorage.getItem(SEEN_KEY) || "null");
+  const remember = () => localStorage.setItem(SEEN_KEY, JSON.stringify({ origin: cp.origin, size: cp.size, root: cp.root }));
+  if (full) {
+    const leaves = [];
+    for (const raw of raws) leaves.push(await sha256(Uint8Array.of(0), enc8.encode(raw)));
+    const root = btoa(String.fromCharCode(...(await merkleRoot(leaves))));
+    if (raws.length !== cp.size || root !== cp.root) {
+      badge.textContent = `Checkpoint NOT verified: the ${raws.length} records do not hash to the signed root`;
+      badge.className = "badge bad";
+    } else {
+      badge.textContent = `Latest checkpoint verified: ${cp.size} records hash to the root signed by ${cp.origin}`;
+      badge.className = "badge ok";
+      remember();
+    }
+  } else if (seenBefore && seenBefore.origin === cp.origin && seenBefore.size <= cp.size) {
+    // Too many records to rehash here: the log must extend what this browser verified before.
+    const c = await api(`/api/v1/audit/proof/consistency?from=${seenBefore.size}&to=${cp.size}`, undefined, "GET");
+    const ok = await consistent(seenBefore.size, cp.size, b64decode(seenBefore.root), b64decode(cp.root), c.proof.map(hexBytes));
+    if (ok) {
+      badge.textContent = `Latest checkpoint verified: signed by ${cp.origin}, and its ${cp.size} records extend the ${seenBefore.size} this browser verified before (consistency proof); the latest ${raws.length} are shown`;
+      badge.className = "badge ok";
+      remember();
+    } else {
+      badge.textContent = `Checkpoint NOT verified: the log no longer extends the ${seenBefore.size} records this browser verified before`;
+      badge.className = "badge bad";
+    }
   } else {
-    badge.textContent = `Latest checkpoint verified: ${cp.size} records hash to the root signed by ${cp.origin}`;
+    badge.textContent = `Checkpoint signature verified (${cp.size} records, too many to rehash here; the latest ${raws.length} are shown): run strongroom audit verify on an export for the whole log`;
     badge.className = "badge ok";
   }
+  if (first > 0) document.getElementById("audit-count").dataset.from = String(first + 1);
   auditRecords = raws.map((raw) => ({ raw, ...JSON.parse(raw) }));
   const kinds = [...new Set(auditRecords.map((r) => r.kind.split(".")[0]))].sort();
   document.getElementById("audit-kind").append(...kinds.map((k) => el("option", { value: k, text: k })));
