@@ -158,7 +158,7 @@ pub(crate) async fn snapshot_page(
 <table id="entries" aria-label="Files"><thead><tr><th scope="col">Name</th><th scope="col">Kind</th><th scope="col">Size</th><th scope="col">Modified</th></tr></thead><tbody></tbody></table>
 <h2>Restore</h2>
 <form id="restore-form"><label for="restore-paths">Paths to restore, one per line (empty: everything)</label><textarea id="restore-paths" rows="3"></textarea>
-<label for="restore-target">Restore into (a new directory under the server's restore directory)</label><input id="restore-target" required pattern="[A-Za-z0-9._/-]+">
+<label for="restore-target">Restore into (a new directory under the server's restore directory)</label><input id="restore-target" required pattern="[A-Za-z0-9._-]+" title="letters, digits, . _ - (one name, no /)">
 <button type="submit">Request restore</button></form>
 <div id="requested" aria-live="polite"></div>"#,
             v = esc(&name),
