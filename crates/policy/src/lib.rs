@@ -229,6 +229,16 @@ pub struct VaultPolicy {
 }
 
 impl VaultPolicy {
+    /// Until when (unix seconds) a snapshot taken at `taken` is protected by retention.
+    pub fn protected_until(&self, taken: i64) -> i64 {
+        taken + i64::from(self.retention_days) * 86_400
+    }
+
+    /// When something deleted at `now` is purged for good.
+    pub fn purge_at(&self, now: i64) -> i64 {
+        now + i64::from(self.retention_days) * 86_400
+    }
+
     /// Defaults per kind: production vaults need a different approver.
     pub fn default_for(kind: VaultKind) -> VaultPolicy {
         VaultPolicy {
@@ -396,6 +406,11 @@ pub enum Change {
     GrantRole(Role),
     /// Take a role away.
     RevokeRole(Role),
+    /// Disable an account or set its expiry; `security_admin`: the account holds that role.
+    RestrictUser {
+        /// The account is a Security Admin.
+        security_admin: bool,
+    },
 }
 
 /// How a [`Change`] may happen.
@@ -444,6 +459,14 @@ pub fn gate(change: &Change, vault: Option<&VaultPolicy>) -> Gate {
             Role::SecurityAdmin => Gate::Critical,
             _ => Gate::Direct,
         },
+        // Disabling or expiring a Security Admin takes the role away in effect.
+        Change::RestrictUser { security_admin } => {
+            if *security_admin {
+                Gate::Critical
+            } else {
+                Gate::Direct
+            }
+        }
     }
 }
 
@@ -648,6 +671,8 @@ mod tests {
         assert_eq!(gate(&RevokeRole(Role::SecurityAdmin), None), Gate::Critical);
         assert_eq!(gate(&GrantRole(Role::Reader), None), Gate::Direct);
         assert_eq!(gate(&RevokeRole(Role::Contributor), None), Gate::Direct);
+        assert_eq!(gate(&RestrictUser { security_admin: true }, None), Gate::Critical);
+        assert_eq!(gate(&RestrictUser { security_admin: false }, None), Gate::Direct);
     }
 
     #[test]

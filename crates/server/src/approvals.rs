@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 use crate::auth::Principal;
+use crate::backups::vault_policy;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::{audit, put_ceremony, take_ceremony, verify_assertion, AssertionFinish, LoginCeremony};
 use crate::state::AppState;
@@ -71,10 +72,6 @@ pub fn digest_of(op: &RestoreOperation) -> ApiResult<(String, String)> {
 /// the offline verifier).
 pub fn approval_challenge(digest_hex: &str, nonce: &[u8; 32]) -> [u8; 32] {
     auditlog::assertion::approval_challenge(digest_hex, nonce)
-}
-
-async fn vault_policy(state: &AppState, name: &str) -> ApiResult<VaultPolicy> {
-    Ok(crate::critical::live_vault(state, name).await?.1)
 }
 
 #[derive(Deserialize)]

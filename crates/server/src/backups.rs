@@ -420,7 +420,7 @@ pub(crate) async fn snapshots(
     let now = state.clock.now();
     let (mut live, mut gone) = (Vec::new(), Vec::new());
     for (id, s) in &list {
-        let protected_until = s.time.unix_timestamp() + i64::from(policy.retention_days) * 86_400;
+        let protected_until = policy.protected_until(s.time.unix_timestamp());
         let mut v = serde_json::json!({
             "id": id.to_hex(), "short_id": id.short(),
             "time": s.time.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),

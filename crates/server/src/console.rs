@@ -41,8 +41,7 @@ pub(crate) async fn tree(
     Path((vault, id)): Path<(String, String)>,
     Query(q): Query<TreeQuery>,
 ) -> ApiResult<Json<Value>> {
-    let (_, policy) = crate::critical::live_vault(&state, &vault).await?;
-    authorize(&state, &p, Operation::VaultRead, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    crate::critical::authorized(&state, &p, Operation::VaultRead, &vault).await?;
     let path = q.path.trim_matches('/').to_string();
     if path.len() > 4096 || (!path.is_empty() && !repo::tree::is_safe_relative_path(path.as_bytes())) {
         return Err(ApiError::BadRequest("not a path inside a snapshot".into()));
@@ -207,16 +206,8 @@ fn export_archive(export: &auditlog::export::Export, dir: &str) -> ApiResult<Vec
 
 /// Figures for the vault list: stored bytes (packs), snapshots and the newest one's time.
 pub(crate) async fn vault_stats(state: &AppState, vault: &str) -> ApiResult<Value> {
-    let deleted: std::collections::HashSet<String> =
-        state.store.deleted_snapshots(vault).await?.into_iter().map(|d| d.snapshot).collect();
-    let repo = crate::backups::open_repo(state, vault).await?;
-    tokio::task::spawn_blocking(move || -> ApiResult<Value> {
-        let size: u64 = repo.index().packs().iter().map(|p| p.size).sum();
-        let snaps = repo.snapshots().map_err(internal)?;
-        let live: Vec<_> = snaps.iter().filter(|(id, _)| !deleted.contains(&id.to_hex())).collect();
-        let last = live.last().map(|(_, s)| s.time.unix_timestamp());
-        Ok(json!({"stored_bytes": size, "snapshots": live.len(), "last_backup": last}))
-    })
-    .await
-    .map_err(internal)?
+    let live = crate::critical::live_snapshots(state, vault).await?;
+    let size: u64 = crate::backups::open_repo(state, vault).await?.index().packs().iter().map(|p| p.size).sum();
+    let last = live.last().map(|(_, s)| s.time.unix_timestamp());
+    Ok(json!({"stored_bytes": size, "snapshots": live.len(), "last_backup": last}))
 }

@@ -35,8 +35,6 @@ type St = State<Arc<AppState>>;
 /// How long a critical request waits for its approvals.
 pub const CRITICAL_SECONDS: i64 = 24 * 3600;
 
-const DAY: i64 = 86_400;
-
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
@@ -174,7 +172,52 @@ fn rfc3339(t: i64) -> String {
 
 /// Whether a snapshot taken at `time` is still within `policy`'s retention at `now`.
 fn protected(policy: &VaultPolicy, time: time::OffsetDateTime, now: i64) -> bool {
-    time.unix_timestamp() + i64::from(policy.retention_days) * DAY > now
+    policy.protected_until(time.unix_timestamp()) > now
+}
+
+/// The ids (hex) of `vault`'s soft-deleted snapshots.
+async fn deleted_ids(state: &AppState, vault: &str) -> ApiResult<std::collections::HashSet<String>> {
+    Ok(state.store.deleted_snapshots(vault).await?.into_iter().map(|d| d.snapshot).collect())
+}
+
+/// `vault`'s snapshots in use (not soft-deleted), oldest first.
+pub(crate) async fn live_snapshots(state: &AppState, vault: &str) -> ApiResult<Vec<(repo::Id, repo::model::Snapshot)>> {
+    let deleted = deleted_ids(state, vault).await?;
+    let repo = open_repo(state, vault).await?;
+    let all = tokio::task::spawn_blocking(move || repo.snapshots())
+        .await
+        .map_err(internal)?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(all.into_iter().filter(|(id, _)| !deleted.contains(&id.to_hex())).collect())
+}
+
+/// Deletes a snapshot as `by`: to soft delete for the vault's retention, or for good when the
+/// vault keeps none (retention 0). Shared by `snapshot delete` and `forget`.
+pub(crate) async fn delete_snapshot_as(
+    state: &AppState,
+    vault: &str,
+    id: repo::Id,
+    by: &str,
+    policy: &VaultPolicy,
+) -> ApiResult<Value> {
+    if policy.retention_days == 0 {
+        let repo = open_repo(state, vault).await?;
+        tokio::task::spawn_blocking(move || repo.delete_snapshot(&id))
+            .await
+            .map_err(internal)?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        return Ok(json!({"vault": vault, "snapshot": id.to_hex(), "purged": true}));
+    }
+    let now = state.clock.now();
+    let d = store::DeletedSnapshot {
+        vault: vault.to_string(),
+        snapshot: id.to_hex(),
+        deleted_at: now,
+        deleted_by: by.to_string(),
+        purge_at: policy.purge_at(now),
+    };
+    state.store.soft_delete_snapshot(&d).await?;
+    Ok(json!({"vault": vault, "snapshot": id.to_hex(), "deleted_at": now, "purge_at": d.purge_at}))
 }
 
 /// A live (not soft-deleted) snapshot of `vault` by id, unique prefix or `latest`.
@@ -183,8 +226,7 @@ pub(crate) async fn live_snapshot(
     vault: &str,
     spec: &str,
 ) -> ApiResult<(repo::Id, repo::model::Snapshot)> {
-    let deleted: std::collections::HashSet<String> =
-        state.store.deleted_snapshots(vault).await?.into_iter().map(|d| d.snapshot).collect();
+    let deleted = deleted_ids(state, vault).await?;
     let repo = open_repo(state, vault).await?;
     let spec = spec.to_string();
     let found = tokio::task::spawn_blocking(move || -> Result<_, repo::Error> {
@@ -217,6 +259,13 @@ pub(crate) async fn live_snapshot(
     }
 }
 
+/// The policy of vault `name` in use, once `p` is allowed `op` on it (decided and audited).
+pub(crate) async fn authorized(state: &AppState, p: &Principal, op: Operation, name: &str) -> ApiResult<VaultPolicy> {
+    let (_, policy) = live_vault(state, name).await?;
+    authorize(state, p, op, &Resource::Vault { name, policy: &policy }).await?;
+    Ok(policy)
+}
+
 /// The `policy::Change` an operation makes, from the state of things now.
 async fn change_of(state: &AppState, op: &CriticalOperation) -> ApiResult<(Change, Option<VaultPolicy>)> {
     let policy = match &op.vault {
@@ -226,14 +275,7 @@ async fn change_of(state: &AppState, op: &CriticalOperation) -> ApiResult<(Chang
     let now = state.clock.now();
     let change = match (&op.action, &policy, &op.vault) {
         (Action::VaultDelete, Some(p), Some(v)) => {
-            let deleted: std::collections::HashSet<String> =
-                state.store.deleted_snapshots(v).await?.into_iter().map(|d| d.snapshot).collect();
-            let repo = open_repo(state, v).await?;
-            let snaps = tokio::task::spawn_blocking(move || repo.snapshots())
-                .await
-                .map_err(internal)?
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            let protected = snaps.iter().any(|(id, s)| !deleted.contains(&id.to_hex()) && protected(p, s.time, now));
+            let protected = live_snapshots(state, v).await?.iter().any(|(_, s)| protected(p, s.time, now));
             Change::DeleteVault { protected }
         }
         (Action::SnapshotDelete { snapshot }, Some(p), Some(v)) => {
@@ -246,8 +288,11 @@ async fn change_of(state: &AppState, op: &CriticalOperation) -> ApiResult<(Chang
         (Action::RetireKey { .. }, Some(_), _) => Change::RetireKey,
         (Action::RoleAssign { role, .. }, _, _) => Change::GrantRole(*role),
         (Action::RoleRevoke { role, .. }, _, _) => Change::RevokeRole(*role),
-        // Disabling or expiring a Security Admin takes the role away in effect.
-        (Action::UserDisable { .. } | Action::UserExpiry { .. }, _, _) => Change::RevokeRole(Role::SecurityAdmin),
+        (Action::UserDisable { user } | Action::UserExpiry { user, .. }, _, _) => {
+            let u =
+                state.store.user_by_name(user).await?.ok_or_else(|| ApiError::NotFound(format!("no user {user}")))?;
+            Change::RestrictUser { security_admin: is_security_admin(state, &u.id).await? }
+        }
         _ => return Err(ApiError::BadRequest("this operation needs a vault".into())),
     };
     Ok((change, policy))
@@ -375,7 +420,7 @@ async fn apply(state: &Arc<AppState>, op: &CriticalOperation) -> ApiResult<Value
         Action::VaultDelete => {
             let (_, policy) = live_vault(state, vault).await?;
             let held = begin_maintenance(state, vault).await?;
-            let purge_at = now + i64::from(policy.retention_days) * DAY;
+            let purge_at = policy.purge_at(now);
             if !state.store.soft_delete_vault(vault, by, now, purge_at).await? {
                 return Err(ApiError::Conflict(format!("vault {vault} is already deleted")));
             }
@@ -390,24 +435,7 @@ async fn apply(state: &Arc<AppState>, op: &CriticalOperation) -> ApiResult<Value
         Action::SnapshotDelete { snapshot } => {
             let (_, policy) = live_vault(state, vault).await?;
             let (id, _) = live_snapshot(state, vault, snapshot).await?;
-            if policy.retention_days == 0 {
-                let repo = open_repo(state, vault).await?;
-                tokio::task::spawn_blocking(move || repo.delete_snapshot(&id))
-                    .await
-                    .map_err(internal)?
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
-                return Ok(json!({"vault": vault, "snapshot": id.to_hex(), "purged": true}));
-            }
-            let purge_at = now + i64::from(policy.retention_days) * DAY;
-            let d = store::DeletedSnapshot {
-                vault: vault.to_string(),
-                snapshot: id.to_hex(),
-                deleted_at: now,
-                deleted_by: by.to_string(),
-                purge_at,
-            };
-            state.store.soft_delete_snapshot(&d).await?;
-            Ok(json!({"vault": vault, "snapshot": id.to_hex(), "deleted_at": now, "purge_at": purge_at}))
+            delete_snapshot_as(state, vault, id, by, &policy).await
         }
         Action::SetRetention { from, to } => {
             let (_, policy) = live_vault(state, vault).await?;
@@ -806,8 +834,7 @@ pub(crate) async fn may_see(state: &AppState, p: &Principal, a: &store::Approval
 /// `DELETE /api/v1/vaults/{vault}`: always critical; refused while an immutable vault holds
 /// snapshots within retention.
 pub(crate) async fn delete_vault(State(state): St, p: Principal, Path(vault): Path<String>) -> ApiResult<Response> {
-    let (_, policy) = live_vault(&state, &vault).await?;
-    authorize(&state, &p, Operation::Delete, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    authorized(&state, &p, Operation::Delete, &vault).await?;
     gate_or_request(&state, &p, Some(&vault), Action::VaultDelete).await
 }
 
@@ -818,8 +845,7 @@ pub(crate) async fn delete_snapshot(
     p: Principal,
     Path((vault, id)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let (_, policy) = live_vault(&state, &vault).await?;
-    authorize(&state, &p, Operation::Delete, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    authorized(&state, &p, Operation::Delete, &vault).await?;
     if id.len() > 64 {
         return Err(ApiError::BadRequest("a snapshot id is at most 64 hex digits".into()));
     }
@@ -841,8 +867,7 @@ pub(crate) async fn set_retention(
     Path(vault): Path<String>,
     Json(body): Json<RetentionBody>,
 ) -> ApiResult<Response> {
-    let (_, policy) = live_vault(&state, &vault).await?;
-    authorize(&state, &p, Operation::PolicyChange, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    let policy = authorized(&state, &p, Operation::PolicyChange, &vault).await?;
     if body.days > policy::MAX_RETENTION_DAYS {
         return Err(ApiError::BadRequest(format!("retention is 0 to {} days", policy::MAX_RETENTION_DAYS)));
     }
@@ -867,8 +892,7 @@ pub(crate) async fn set_immutability(
     Path(vault): Path<String>,
     Json(body): Json<ImmutabilityBody>,
 ) -> ApiResult<Response> {
-    let (_, policy) = live_vault(&state, &vault).await?;
-    authorize(&state, &p, Operation::PolicyChange, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    let policy = authorized(&state, &p, Operation::PolicyChange, &vault).await?;
     let to = Immutability::parse(&body.state)
         .ok_or_else(|| ApiError::BadRequest("immutability is one of disabled, enabled, locked".into()))?;
     if to == policy.immutability {
@@ -900,8 +924,7 @@ pub(crate) async fn set_policy(
     Path(vault): Path<String>,
     Json(body): Json<PolicyBody>,
 ) -> ApiResult<Response> {
-    let (_, policy) = live_vault(&state, &vault).await?;
-    authorize(&state, &p, Operation::PolicyChange, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    let policy = authorized(&state, &p, Operation::PolicyChange, &vault).await?;
     let mut to = policy.clone();
     if let Some(h) = body.require_hardware {
         to.require_hardware = h;
@@ -939,8 +962,7 @@ pub(crate) async fn retire_key(
     Path(vault): Path<String>,
     Json(body): Json<RetireBody>,
 ) -> ApiResult<Response> {
-    let (_, policy) = live_vault(&state, &vault).await?;
-    authorize(&state, &p, Operation::PolicyChange, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    authorized(&state, &p, Operation::PolicyChange, &vault).await?;
     let versions = open_repo(&state, &vault).await?.kek_versions();
     if !versions.contains(&body.version) {
         return Err(ApiError::BadRequest(format!(
@@ -973,8 +995,7 @@ pub(crate) async fn undelete_snapshot(
     p: Principal,
     Path((vault, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let (_, policy) = live_vault(&state, &vault).await?;
-    authorize(&state, &p, Operation::Undelete, &Resource::Vault { name: &vault, policy: &policy }).await?;
+    authorized(&state, &p, Operation::Undelete, &vault).await?;
     let matches: Vec<String> = state
         .store
         .deleted_snapshots(&vault)

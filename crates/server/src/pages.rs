@@ -80,16 +80,16 @@ pub(crate) async fn console_js() -> Response {
 }
 
 /// The signed-in user of a page request, or the redirect to sign in first and come back.
-async fn signed_in(state: &AppState, headers: &axum::http::HeaderMap, here: &str) -> Result<(), Response> {
-    let ok = match cookie(headers, SESSION_COOKIE) {
-        Some(t) => live_session(state, &identity::codes::token_hash(t), state.clock.now()).await.is_ok(),
-        None => false,
+async fn signed_in(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    here: &str,
+) -> Result<crate::auth::Principal, Response> {
+    let principal = match cookie(headers, SESSION_COOKIE) {
+        Some(t) => live_session(state, &identity::codes::token_hash(t), state.clock.now()).await.ok(),
+        None => None,
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(Redirect::to(&format!("/login?next={}", url_encode(here))).into_response())
-    }
+    principal.ok_or_else(|| Redirect::to(&format!("/login?next={}", url_encode(here))).into_response())
 }
 
 /// Keeps what may appear in a path segment of ours (vault names, ids).
@@ -297,14 +297,9 @@ pub(crate) async fn device_page(
     Query(q): Query<DeviceQuery>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let signed_in = match cookie(&headers, SESSION_COOKIE) {
-        Some(t) => live_session(&state, &identity::codes::token_hash(t), state.clock.now()).await.is_ok(),
-        None => false,
-    };
     let code: String = q.user_code.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(16).collect();
-    if !signed_in {
-        let next = format!("/device?user_code={code}");
-        return Redirect::to(&format!("/login?next={}", url_encode(&next))).into_response();
+    if let Err(r) = signed_in(&state, &headers, &format!("/device?user_code={code}")).await {
+        return r;
     }
     page(
         "Approve a device login",
@@ -334,13 +329,10 @@ pub(crate) async fn approval_page(
     Path(id): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    let principal = match cookie(&headers, SESSION_COOKIE) {
-        Some(t) => live_session(&state, &identity::codes::token_hash(t), state.clock.now()).await.ok(),
-        None => None,
-    };
     let id: String = id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(64).collect();
-    let Some(p) = principal else {
-        return Redirect::to(&format!("/login?next={}", url_encode(&format!("/approvals/{id}")))).into_response();
+    let p = match signed_in(&state, &headers, &format!("/approvals/{id}")).await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let missing = || page("Approval not found", "approval-missing", "", "<p>No such approval request.</p>");
     let Ok(Some(a)) = state.store.approval(&id).await else {
@@ -455,12 +447,8 @@ async fn may_read_vault(state: &AppState, p: &crate::auth::Principal, vault: &st
 
 /// `GET /credentials`
 pub(crate) async fn credentials_page(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
-    let signed_in = match cookie(&headers, SESSION_COOKIE) {
-        Some(t) => live_session(&state, &identity::codes::token_hash(t), state.clock.now()).await.is_ok(),
-        None => false,
-    };
-    if !signed_in {
-        return Redirect::to("/login?next=/credentials").into_response();
+    if let Err(r) = signed_in(&state, &headers, "/credentials").await {
+        return r;
     }
     console_page(
         "My passkeys",

@@ -82,47 +82,22 @@ pub(crate) async fn forget(
     let maintenance = if body.prune && !body.dry_run { Some(begin_maintenance(&state, &vault).await?) } else { None };
     let repo = open_repo(&state, &vault).await?;
     let dry_run = body.dry_run;
-    let r = repo.clone();
     // Keep rules apply to the snapshots in use; deleted ones are already on their way out.
-    let deleted: std::collections::HashSet<String> =
-        state.store.deleted_snapshots(&vault).await?.into_iter().map(|d| d.snapshot).collect();
-    let mut decisions = tokio::task::spawn_blocking(move || {
-        let live: Vec<_> = r.snapshots()?.into_iter().filter(|(id, _)| !deleted.contains(&id.to_hex())).collect();
-        repo::maintenance::plan_forget(&live, &rules)
-    })
-    .await
-    .map_err(internal)?
-    .map_err(engine_err)?;
+    let live = crate::critical::live_snapshots(&state, &vault).await?;
+    let mut decisions = repo::maintenance::plan_forget(&live, &rules).map_err(engine_err)?;
     // Retention protects every snapshot younger than the vault's retention days, whatever the
     // rules say; the rest go to soft delete (or straight away when soft delete is off).
     let now = state.clock.now();
     for d in decisions.iter_mut().filter(|d| !d.keep) {
-        if d.time.unix_timestamp() + i64::from(policy.retention_days) * 86_400 > now {
+        if policy.protected_until(d.time.unix_timestamp()) > now {
             d.keep = true;
             d.reasons.push("retention".into());
         }
     }
     let removed: Vec<String> = decisions.iter().filter(|d| !d.keep).map(|d| d.id.to_hex()).collect();
     if !dry_run {
-        let purge_at = now + i64::from(policy.retention_days) * 86_400;
-        for id in &removed {
-            if policy.retention_days == 0 {
-                let Some(sid) = repo::Id::from_hex(id) else { continue };
-                let r = repo.clone();
-                tokio::task::spawn_blocking(move || r.delete_snapshot(&sid))
-                    .await
-                    .map_err(internal)?
-                    .map_err(engine_err)?;
-            } else {
-                let d = store::DeletedSnapshot {
-                    vault: vault.clone(),
-                    snapshot: id.clone(),
-                    deleted_at: now,
-                    deleted_by: p.user.username.clone(),
-                    purge_at,
-                };
-                state.store.soft_delete_snapshot(&d).await?;
-            }
+        for d in decisions.iter().filter(|d| !d.keep) {
+            crate::critical::delete_snapshot_as(&state, &vault, d.id, &p.user.username, &policy).await?;
         }
     }
     audit(

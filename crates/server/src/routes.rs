@@ -708,7 +708,7 @@ pub(crate) async fn disable_user(
     use axum::response::IntoResponse;
     let user = other_user(&state, &p, &username, "disable users", "you cannot disable yourself").await?;
     // Disabling a Security Admin removes one in effect: critical (202 with the approval).
-    if crate::critical::is_security_admin(&state, &user.id).await? {
+    if restricting_is_critical(&state, &user).await? {
         let action = crate::critical::Action::UserDisable { user: username };
         return crate::critical::gate_or_request(&state, &p, None, action).await;
     }
@@ -717,6 +717,12 @@ pub(crate) async fn disable_user(
     state.store.revoke_sessions_of_user(&user.id, now).await?;
     audit(&state, "user.disable", &p.user.username, "success", serde_json::json!({"user": username})).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Whether disabling or expiring `user` is critical (`policy::gate` decides).
+async fn restricting_is_critical(state: &AppState, user: &store::User) -> ApiResult<bool> {
+    let security_admin = crate::critical::is_security_admin(state, &user.id).await?;
+    Ok(policy::gate(&policy::Change::RestrictUser { security_admin }, None) != policy::Gate::Direct)
 }
 
 #[derive(Deserialize)]
@@ -737,7 +743,7 @@ pub(crate) async fn set_user_expiry(
     let user =
         other_user(&state, &p, &username, "set account expiry", "you cannot set your own account's expiry").await?;
     // Expiring a Security Admin removes one in effect: critical (202 with the approval).
-    if crate::critical::is_security_admin(&state, &user.id).await? {
+    if restricting_is_critical(&state, &user).await? {
         let action = crate::critical::Action::UserExpiry { user: username, expires_at: body.expires_at };
         return crate::critical::gate_or_request(&state, &p, None, action).await;
     }

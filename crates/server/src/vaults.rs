@@ -316,7 +316,8 @@ pub(crate) async fn assign_role(
 ) -> ApiResult<axum::response::Response> {
     use axum::response::IntoResponse;
     let (user, role) = role_change_target(&state, &p, &body).await?;
-    if matches!(role, Role::Owner | Role::SecurityAdmin) {
+    // What is critical is `policy::gate`'s to say; only the answer's shape is decided here.
+    if policy::gate(&policy::Change::GrantRole(role), None) != policy::Gate::Direct {
         let action = crate::critical::Action::RoleAssign { user: user.username.clone(), role };
         return crate::critical::gate_or_request(&state, &p, body.vault.as_deref(), action).await;
     }
@@ -354,7 +355,7 @@ pub(crate) async fn revoke_role(
             return Err(ApiError::Conflict("the last Owner cannot be removed".into()));
         }
     }
-    if role == Role::SecurityAdmin {
+    if policy::gate(&policy::Change::RevokeRole(role), None) != policy::Gate::Direct {
         let action = crate::critical::Action::RoleRevoke { user: user.username.clone(), role };
         return crate::critical::gate_or_request(&state, &p, body.vault.as_deref(), action).await;
     }
