@@ -295,6 +295,13 @@ pub enum DenyReason {
     /// The vault's immutability is locked and can never change.
     #[error("this vault's immutability is locked: it can never be changed")]
     Locked,
+    /// The person who approved no longer holds a role that may approve it.
+    #[error("the approver no longer holds a role that may approve this")]
+    ApproverNoRole,
+    /// The approver was enrolled through a link the requester created, so does not count as
+    /// another person for the requester's operations.
+    #[error("the approver was invited by the requester and does not count as another person")]
+    InvitedByRequester,
 }
 
 impl DenyReason {
@@ -308,6 +315,8 @@ impl DenyReason {
             DenyReason::UserNotVerified => "policy.user_not_verified",
             DenyReason::Immutable => "policy.immutable",
             DenyReason::Locked => "policy.locked",
+            DenyReason::ApproverNoRole => "policy.approver_no_role",
+            DenyReason::InvitedByRequester => "policy.invited_by_requester",
         }
     }
 }
@@ -532,6 +541,38 @@ pub fn decide(
     }
 }
 
+/// One use of an approved restore (its grant, or the server's own job): allowed only while the
+/// requester still holds a role that may request restores from the vault, the approver still
+/// holds one that may approve them, and the approval still satisfies the vault's *current*
+/// policy (another person, hardware). Freshness is checked once, when the job starts.
+/// `approval` is the approving assertion's authentication.
+pub fn decide_grant_use(
+    requester: &Principal,
+    approver: &Principal,
+    approval: &AuthContext,
+    resource: &Resource<'_>,
+) -> Decision {
+    let Resource::Vault { policy, .. } = resource else {
+        return Decision::Deny { reason: DenyReason::NoRole };
+    };
+    if !holds(requester, resource, |r| role_allows(r, Operation::RestoreRequest)) {
+        return Decision::Deny { reason: DenyReason::NoRole };
+    }
+    if !holds(approver, resource, |r| role_allows(r, Operation::RestoreApprove)) {
+        return Decision::Deny { reason: DenyReason::ApproverNoRole };
+    }
+    if policy.distinct_approver && approver.user_id == requester.user_id {
+        return Decision::Deny { reason: DenyReason::SelfApproval };
+    }
+    if policy.require_hardware && !approval.hardware {
+        return Decision::Deny { reason: DenyReason::HardwareRequired };
+    }
+    if !approval.user_verified {
+        return Decision::Deny { reason: DenyReason::UserNotVerified };
+    }
+    Decision::Allow
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -704,5 +745,39 @@ mod tests {
         );
         let json = serde_json::to_value(Decision::StepUp { acr_values: "phr".into(), max_age: 5 }).unwrap();
         assert_eq!(json["decision"], "step_up");
+    }
+
+    #[test]
+    fn a_grant_stops_when_a_role_or_the_vault_policy_changes() {
+        let prod = VaultPolicy::default_for(VaultKind::Production);
+        let vault = Resource::Vault { name: "prod", policy: &prod };
+        let requester = principal(Role::BackupOperator, Scope::Vault("prod".into()));
+        let approver = Principal {
+            user_id: "u2".into(),
+            grants: vec![Grant { role: Role::RestoreOperator, scope: Scope::Server }],
+        };
+        assert_eq!(decide_grant_use(&requester, &approver, &auth(false, 0), &vault), Decision::Allow);
+        let nobody = Principal { user_id: "u1".into(), grants: vec![] };
+        let deny = |reason| Decision::Deny { reason };
+        assert_eq!(decide_grant_use(&nobody, &approver, &auth(false, 0), &vault), deny(DenyReason::NoRole));
+        let other_vault = principal(Role::BackupOperator, Scope::Vault("test".into()));
+        assert_eq!(decide_grant_use(&other_vault, &approver, &auth(false, 0), &vault), deny(DenyReason::NoRole));
+        let demoted = Principal { user_id: "u2".into(), grants: vec![] };
+        assert_eq!(decide_grant_use(&requester, &demoted, &auth(false, 0), &vault), deny(DenyReason::ApproverNoRole));
+        let hw = VaultPolicy { require_hardware: true, ..prod.clone() };
+        let hw_vault = Resource::Vault { name: "prod", policy: &hw };
+        assert_eq!(
+            decide_grant_use(&requester, &approver, &auth(false, 0), &hw_vault),
+            deny(DenyReason::HardwareRequired)
+        );
+        assert_eq!(decide_grant_use(&requester, &approver, &auth(true, 0), &hw_vault), Decision::Allow);
+        let both = Principal {
+            user_id: "u1".into(),
+            grants: vec![Grant { role: Role::RestoreOperator, scope: Scope::Server }],
+        };
+        assert_eq!(decide_grant_use(&both, &both, &auth(false, 0), &vault), deny(DenyReason::SelfApproval));
+        let test = VaultPolicy::default_for(VaultKind::Test);
+        let test_vault = Resource::Vault { name: "prod", policy: &test };
+        assert_eq!(decide_grant_use(&both, &both, &auth(false, 0), &test_vault), Decision::Allow);
     }
 }

@@ -173,6 +173,21 @@ pub fn decompress(data: &[u8], raw_len: usize) -> Option<Vec<u8>> {
     })
 }
 
+/// Decompresses a zstd frame from an untrusted source that must hold exactly `raw_len` bytes,
+/// never allocating more than it actually produced (plus one read buffer) and stopping at
+/// `raw_len + 1` bytes: a small frame that claims or expands to gigabytes costs nothing.
+/// Small chunks (the common case) go through [`decompress`], whose buffer is `raw_len`.
+pub fn decompress_limited(data: &[u8], raw_len: usize) -> Option<Vec<u8>> {
+    if raw_len <= 16 << 20 {
+        return decompress(data, raw_len);
+    }
+    use std::io::Read;
+    let decoder = zstd::stream::read::Decoder::with_buffer(data).ok()?.single_frame();
+    let mut out = Vec::new();
+    decoder.take(raw_len as u64 + 1).read_to_end(&mut out).ok()?;
+    (out.len() == raw_len).then_some(out)
+}
+
 thread_local! {
     static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };

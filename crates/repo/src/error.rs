@@ -38,6 +38,15 @@ pub enum Error {
     /// The caller asked for something that does not make sense.
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A directory listing of a snapshot being committed breaks the rules (a subtree on
+    /// something that is not a directory, a bad name, a listing stored as file data, too
+    /// deep, too many entries, a file whose chunk lengths disagree with the index).
+    #[error("invalid directory listing {tree}: {reason}")]
+    InvalidTree { tree: String, reason: String },
+    /// A snapshot being committed references chunks or listings this repository does not
+    /// hold; `missing` names the first of them, `count` says how many there are.
+    #[error("the snapshot references {count} object(s) this vault does not hold: {}", .missing.join(", "))]
+    MissingReferences { count: u64, missing: Vec<String> },
     /// A write was attempted on an object that must never be overwritten.
     #[error("object already exists: {0}")]
     AlreadyExists(String),

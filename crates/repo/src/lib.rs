@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod backup;
+mod beneath;
 pub mod check;
 pub mod chunker;
 pub mod crypto;

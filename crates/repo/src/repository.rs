@@ -52,7 +52,28 @@ pub struct Repository {
     index_files: Mutex<Vec<Id>>,
     index_errors: Mutex<Vec<Error>>,
     dek_cache: RwLock<HashMap<u32, Key>>,
+    /// Trees whose whole reach was verified by [`Repository::verify_references`] against the
+    /// current index (cleared whenever the index is replaced).
+    verified: Mutex<HashMap<Id, TreeFacts>>,
     pub(crate) rng: SharedRng,
+}
+
+/// What verifying a tree found: its height and how many entries it expands to.
+#[derive(Clone, Copy, Debug)]
+struct TreeFacts {
+    height: usize,
+    entries: u64,
+}
+
+/// Most missing references one refusal lists (the count says how many there are in all).
+const MISSING_LISTED: usize = 50;
+
+/// State of one [`Repository::verify_references`] walk.
+struct Verification {
+    done: HashMap<Id, TreeFacts>,
+    in_progress: std::collections::HashSet<Id>,
+    missing: Vec<String>,
+    missing_count: u64,
 }
 
 fn kek_aad(version: u32) -> Vec<u8> {
@@ -237,6 +258,7 @@ impl Repository {
             index_files: Mutex::new(Vec::new()),
             index_errors: Mutex::new(Vec::new()),
             dek_cache: RwLock::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
             rng,
         };
         repo.load_index()?;
@@ -296,6 +318,7 @@ impl Repository {
         // The new index was rebuilt from what is readable: earlier read errors are history.
         self.index_errors.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.dek_cache.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.verified.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Writes key-encryption key version `newest + 1` (wrapped by `master`, authenticated) and
@@ -430,8 +453,13 @@ impl Repository {
         self.decode_blob(id, &loc, &ct)
     }
 
-    /// Reads a directory listing, checking that names are safe to restore.
+    /// Reads a directory listing, checking that it was stored as one and that its names are
+    /// safe to restore.
     pub fn load_tree(&self, id: &Id) -> Result<Tree> {
+        let loc = self.index().get(id).ok_or_else(|| Error::NotFound(format!("tree {id} (not in the index)")))?;
+        if loc.kind != pack::BlobKind::Tree {
+            return Err(Error::corrupt(format!("tree {id}"), "stored as file data, not as a directory listing"));
+        }
         let bytes = self.read_blob(id)?;
         let tree: Tree = parse_json(&format!("tree {id}"), &bytes)?;
         crate::tree::validate(&tree).map_err(|why| Error::corrupt(format!("tree {id}"), why))?;
@@ -521,31 +549,151 @@ impl Repository {
         crate::writer::Writer::new(self)
     }
 
-    /// Walks a snapshot's trees depth-first, calling `f(path, node)` for every node.
+    /// Walks a snapshot's trees depth-first, calling `f(path, node)` for every node. Only
+    /// directories are descended into; a tree deeper than [`crate::tree::MAX_DEPTH`] or with
+    /// more than [`crate::tree::MAX_ENTRIES`] entries is refused as corrupt.
     pub fn walk(&self, tree: &Id, f: &mut dyn FnMut(&[u8], &crate::model::Node) -> Result<()>) -> Result<()> {
-        self.walk_inner(tree, &mut Vec::new(), f)
+        let mut entries = 0u64;
+        self.walk_inner(tree, &mut Vec::new(), 1, &mut entries, f)
     }
 
     fn walk_inner(
         &self,
         tree: &Id,
         prefix: &mut Vec<u8>,
+        depth: usize,
+        entries: &mut u64,
         f: &mut dyn FnMut(&[u8], &crate::model::Node) -> Result<()>,
     ) -> Result<()> {
+        if depth > crate::tree::MAX_DEPTH {
+            return Err(Error::corrupt(format!("tree {tree}"), "directories nested too deeply"));
+        }
         let t = self.load_tree(tree)?;
         for node in &t.nodes {
+            *entries += 1;
+            if *entries > crate::tree::MAX_ENTRIES {
+                return Err(Error::corrupt(format!("tree {tree}"), "the snapshot has too many entries"));
+            }
             let len = prefix.len();
             if !prefix.is_empty() {
                 prefix.push(b'/');
             }
             prefix.extend_from_slice(&node.name.0);
             f(prefix, node)?;
-            if let Some(sub) = &node.subtree {
-                self.walk_inner(sub, prefix, f)?;
+            if let (crate::model::NodeKind::Dir, Some(sub)) = (node.kind, &node.subtree) {
+                self.walk_inner(sub, prefix, depth + 1, entries, f)?;
             }
             prefix.truncate(len);
         }
         Ok(())
+    }
+
+    /// Verifies everything a new snapshot rooted at `root` references, before it is
+    /// committed: every listing reachable from it is in the index as a listing (not as file
+    /// data) and valid; every data chunk a file names is in the index as data, with the
+    /// length the file says; the tree is at most [`crate::tree::MAX_DEPTH`] deep and expands
+    /// to at most [`crate::tree::MAX_ENTRIES`] entries. Listings verified before (by an
+    /// earlier commit on this repository object) are not walked again.
+    ///
+    /// Errors: [`Error::MissingReferences`] naming what is not stored,
+    /// [`Error::InvalidTree`] for a listing that breaks the rules.
+    pub fn verify_references(&self, root: &Id) -> Result<()> {
+        let mut v = Verification {
+            done: HashMap::new(),
+            in_progress: Default::default(),
+            missing: Vec::new(),
+            missing_count: 0,
+        };
+        self.verify_tree(root, 1, &mut v)?;
+        if v.missing_count > 0 {
+            return Err(Error::MissingReferences { count: v.missing_count, missing: v.missing });
+        }
+        self.verified.lock().unwrap_or_else(|p| p.into_inner()).extend(v.done);
+        Ok(())
+    }
+
+    fn verify_tree(&self, id: &Id, depth: usize, v: &mut Verification) -> Result<TreeFacts> {
+        let invalid = |reason: String| Error::InvalidTree { tree: id.to_hex(), reason };
+        let known = v
+            .done
+            .get(id)
+            .copied()
+            .or_else(|| self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied());
+        if let Some(f) = known {
+            if depth + f.height - 1 > crate::tree::MAX_DEPTH {
+                return Err(invalid(format!("directories nested deeper than {}", crate::tree::MAX_DEPTH)));
+            }
+            return Ok(f);
+        }
+        if depth > crate::tree::MAX_DEPTH {
+            return Err(invalid(format!("directories nested deeper than {}", crate::tree::MAX_DEPTH)));
+        }
+        let Some(loc) = self.index().get(id) else {
+            v.note_missing(format!("listing {id}"));
+            return Ok(TreeFacts { height: 1, entries: 0 });
+        };
+        if loc.kind != pack::BlobKind::Tree {
+            return Err(invalid("stored as file data, not as a directory listing".into()));
+        }
+        if !v.in_progress.insert(*id) {
+            return Err(invalid("the listing contains itself".into()));
+        }
+        let tree = match self.load_tree(id) {
+            Ok(t) => t,
+            Err(Error::Corrupt { reason, .. }) => return Err(invalid(reason)),
+            Err(e) => return Err(e),
+        };
+        let mut facts = TreeFacts { height: 1, entries: 0 };
+        for node in &tree.nodes {
+            facts.entries = facts.entries.saturating_add(1);
+            match node.kind {
+                crate::model::NodeKind::Dir => {
+                    if let Some(sub) = &node.subtree {
+                        let child = self.verify_tree(sub, depth + 1, v)?;
+                        facts.height = facts.height.max(child.height + 1);
+                        facts.entries = facts.entries.saturating_add(child.entries);
+                    }
+                }
+                crate::model::NodeKind::File => {
+                    for c in &node.content {
+                        let crate::model::Content::Chunk { id: chunk, len } = c else { continue };
+                        match self.index().get(chunk) {
+                            None => v.note_missing(format!("file data {chunk} (in {:?})", node.name.display())),
+                            Some(l) if l.kind != pack::BlobKind::Data => {
+                                return Err(invalid(format!(
+                                    "{:?} names listing {chunk} as file data",
+                                    node.name.display()
+                                )))
+                            }
+                            Some(l) if l.raw_len != *len => {
+                                return Err(invalid(format!(
+                                    "{:?} says chunk {chunk} holds {len} bytes; it holds {}",
+                                    node.name.display(),
+                                    l.raw_len
+                                )))
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+                crate::model::NodeKind::Symlink | crate::model::NodeKind::Hardlink => {}
+            }
+            if facts.entries > crate::tree::MAX_ENTRIES {
+                return Err(invalid(format!("the snapshot expands to more than {} entries", crate::tree::MAX_ENTRIES)));
+            }
+        }
+        v.in_progress.remove(id);
+        v.done.insert(*id, facts);
+        Ok(facts)
+    }
+}
+
+impl Verification {
+    fn note_missing(&mut self, what: String) {
+        self.missing_count += 1;
+        if self.missing.len() < MISSING_LISTED {
+            self.missing.push(what);
+        }
     }
 }
 

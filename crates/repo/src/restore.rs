@@ -1,25 +1,28 @@
 //! Restoring a snapshot into a directory: parallel, verified, metadata restored, holes kept,
 //! and never writing outside the target.
 //!
-//! Safety: every name was checked by `tree::validate` (no `/`, `.`, `..`, NUL); directories
-//! are created by us, one level at a time, and an existing symlink where a directory or file
-//! belongs is removed, never followed; files are opened with `O_NOFOLLOW`; a hard link's
-//! target is looked up in the snapshot's own plan, never resolved through the filesystem.
-//! (A process racing the restore inside the target is out of scope: the target should not be
-//! writable by anyone untrusted while a restore runs.)
+//! Safety: the plan is hostile input. Every name was checked by `tree::validate` (no `/`,
+//! `.`, `..`, NUL), every entry's parent must be a directory of the plan, and every path is
+//! opened through [`crate::beneath::Beneath`]: relative to a handle on the target, resolving
+//! no symbolic link in any component (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`,
+//! or `openat` with `O_NOFOLLOW` one component at a time). An existing symlink where a
+//! directory or file belongs is removed, never followed; a hard link's target is looked up in
+//! the snapshot's own plan. So no byte is written outside the target, even if a link appears
+//! in it while the restore runs.
 //!
 //! Speed: blobs are grouped by pack and each pack is read once (contiguous blobs in one range
 //! request), on all cores; a chunk shared by several files is decrypted once.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
 
+use crate::beneath::Beneath;
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::model::{Content, Node, NodeKind, Snapshot};
@@ -66,7 +69,6 @@ pub struct RestoreSummary {
 
 struct Item {
     rel: Vec<u8>,
-    path: PathBuf,
     node: Node,
 }
 
@@ -81,55 +83,10 @@ fn included(rel: &[u8], include: &[Vec<u8>]) -> bool {
     })
 }
 
-fn nofollow() -> i32 {
-    rustix::fs::OFlags::NOFOLLOW.bits() as i32
-}
-
-/// Makes sure `path` is a real directory (not a symlink to one), creating it if needed.
-fn ensure_dir(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => return Ok(()),
-        Ok(_) => std::fs::remove_file(path).map_err(|e| Error::io(path, e))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(path, e)),
-    }
-    std::fs::create_dir(path).map_err(|e| Error::io(path, e))
-}
-
-/// Removes whatever non-directory entry is at `path` (a planted symlink, an old file).
-fn clear_entry(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {
-            Err(Error::Invalid(format!("{}: a directory is in the way of a file in the snapshot", path.display())))
-        }
-        Ok(_) => std::fs::remove_file(path).map_err(|e| Error::io(path, e)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(path, e)),
-    }
-}
-
-/// Creates a new regular file at `path`, never following a link: whatever is in the way is
-/// removed first (tried only when the exclusive create finds something there).
-fn create_file(path: &Path) -> Result<File> {
-    let open = || OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(nofollow()).open(path);
-    match open() {
-        Ok(f) => Ok(f),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            clear_entry(path)?;
-            open().map_err(|e| Error::io(path, e))
-        }
-        Err(e) => Err(Error::io(path, e)),
-    }
-}
-
 /// A file made of exactly one chunk (most files): created, written and finished in one go
 /// when its chunk arrives, with one open instead of three.
 fn single_chunk(item: &Item) -> bool {
     item.node.kind == NodeKind::File && matches!(item.node.content.as_slice(), [Content::Chunk { .. }])
-}
-
-fn open_for_write(path: &Path) -> Result<File> {
-    OpenOptions::new().write(true).custom_flags(nofollow()).open(path).map_err(|e| Error::io(path, e))
 }
 
 fn system_time(ns: i64) -> SystemTime {
@@ -262,13 +219,18 @@ pub fn restore_plan(
     source: &dyn ContentSource,
 ) -> Result<RestoreSummary> {
     std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
-    let target = target.canonicalize().map_err(|e| Error::io(target, e))?;
+    let root = Beneath::open(target).map_err(|e| Error::io(target, e))?;
+    let io = |rel: &[u8]| {
+        let path = root.display(rel);
+        move |e: std::io::Error| Error::io(path, e)
+    };
     let mut items: Vec<Item> = Vec::with_capacity(entries.len());
-    let mut seen = std::collections::HashSet::new();
+    let mut kinds: HashMap<Vec<u8>, NodeKind> = HashMap::with_capacity(entries.len());
     for e in entries {
-        // A plan from a server is input like any other: every component must be a safe name,
-        // and no path may appear twice.
-        if !is_safe_relative_path(&e.path.0) || !seen.insert(e.path.0.clone()) {
+        // A plan is input like any other (from a server, or walked from a repository someone
+        // else could write): every component must be a safe name, no path may appear twice,
+        // and the node must carry exactly the fields of its kind.
+        if !is_safe_relative_path(&e.path.0) || kinds.insert(e.path.0.clone(), e.node.kind).is_some() {
             return Err(Error::UnsafeName(e.path.display()));
         }
         if let Err(why) = crate::tree::validate(&crate::model::Tree {
@@ -279,22 +241,15 @@ pub fn restore_plan(
         }) {
             return Err(Error::UnsafeName(format!("{}: {why}", e.path.display())));
         }
-        use std::os::unix::ffi::OsStrExt;
-        // Every component of the path is a safe name, so this stays under `target`.
-        let path = target.join(std::ffi::OsStr::from_bytes(&e.path.0));
-        let mut node = e.node;
-        if node.kind == NodeKind::Dir {
-            node.content.clear();
-        }
-        items.push(Item { rel: e.path.0, path, node });
+        items.push(Item { rel: e.path.0, node: e.node });
     }
-    // Parents must come before their contents.
+    // Parents must come before their contents, and be directories.
     for it in &items {
         if let Some(pos) = it.rel.iter().rposition(|&b| b == b'/') {
             let parent = &it.rel[..pos];
-            if !seen.contains(parent) {
+            if kinds.get(parent) != Some(&NodeKind::Dir) {
                 return Err(Error::UnsafeName(format!(
-                    "{}: its directory is not in the plan",
+                    "{}: its parent is not a directory of the plan",
                     String::from_utf8_lossy(&it.rel)
                 )));
             }
@@ -306,23 +261,22 @@ pub fn restore_plan(
     // (holes stay holes) and symlinks, in parallel: creating inodes is most of a restore's
     // kernel time, and parallel creation in different directories spreads it over the cores.
     for item in items.iter().filter(|it| it.node.kind == NodeKind::Dir) {
-        ensure_dir(&item.path)?;
+        root.ensure_dir(&item.rel).map_err(io(&item.rel))?;
         summary.dirs += 1;
     }
     items.par_iter().try_for_each(|item| -> Result<()> {
         match item.node.kind {
             NodeKind::File => {
                 if !single_chunk(item) {
-                    let f = create_file(&item.path)?;
-                    f.set_len(item.node.size).map_err(|e| Error::io(&item.path, e))?;
+                    let f = root.create_file(&item.rel).map_err(io(&item.rel))?;
+                    f.set_len(item.node.size).map_err(io(&item.rel))?;
                 }
                 progress.files_total.fetch_add(1, Ordering::Relaxed);
                 progress.bytes_total.fetch_add(item.node.size, Ordering::Relaxed);
             }
             NodeKind::Symlink => {
-                clear_entry(&item.path)?;
-                let t = item.node.target.as_ref().map(|t| t.as_os()).unwrap_or_default();
-                std::os::unix::fs::symlink(t, &item.path).map_err(|e| Error::io(&item.path, e))?;
+                let t = item.node.target.as_ref().map(|t| t.0.as_slice()).unwrap_or_default();
+                root.symlink(t, &item.rel).map_err(io(&item.rel))?;
             }
             NodeKind::Dir | NodeKind::Hardlink => {}
         }
@@ -365,13 +319,12 @@ pub fn restore_plan(
     let sink = |id: &Id, plain: &[u8]| -> Result<()> {
         for &(item, off) in wanted.get(id).map(|v| v.as_slice()).unwrap_or(&[]) {
             let it = &items[item as usize];
-            let path = &it.path;
             if single_chunk(it) {
-                let f = create_file(path)?;
-                f.write_all_at(plain, 0).map_err(|e| Error::io(path, e))?;
-                apply_metadata(&f, &it.node, owners, path)?;
+                let f = root.create_file(&it.rel).map_err(io(&it.rel))?;
+                f.write_all_at(plain, 0).map_err(io(&it.rel))?;
+                apply_metadata(&f, &it.node, owners, &root.display(&it.rel))?;
             } else {
-                open_for_write(path)?.write_all_at(plain, off).map_err(|e| Error::io(path, e))?;
+                root.open_write(&it.rel).and_then(|f| f.write_all_at(plain, off)).map_err(io(&it.rel))?;
             }
             progress.bytes_done.fetch_add(plain.len() as u64, Ordering::Relaxed);
         }
@@ -390,13 +343,12 @@ pub fn restore_plan(
         let link = item.node.link.as_ref().map(|l| l.0.as_slice()).unwrap_or_default();
         match by_rel.get(link) {
             Some(&primary) => {
-                clear_entry(&item.path)?;
-                std::fs::hard_link(&items[primary].path, &item.path).map_err(|e| Error::io(&item.path, e))?;
+                root.hard_link(&items[primary].rel, &item.rel).map_err(io(&item.rel))?;
                 summary.hardlinks += 1;
             }
             None => summary.warnings.push(format!(
                 "{}: hard link to {} which is not restored",
-                item.path.display(),
+                root.display(&item.rel).display(),
                 String::from_utf8_lossy(link)
             )),
         }
@@ -407,9 +359,9 @@ pub fn restore_plan(
     items
         .par_iter()
         .filter(|it| it.node.kind != NodeKind::Dir && !single_chunk(it))
-        .try_for_each(|it| set_metadata(it, owners))?;
+        .try_for_each(|it| set_metadata(&root, it, owners))?;
     for item in items.iter().rev().filter(|it| it.node.kind == NodeKind::Dir) {
-        set_metadata(item, owners)?;
+        set_metadata(&root, item, owners)?;
     }
     Ok(summary)
 }
@@ -424,27 +376,17 @@ fn apply_metadata(f: &File, n: &Node, owners: bool, path: &Path) -> Result<()> {
     f.set_times(times).map_err(|e| Error::io(path, e))
 }
 
-fn set_metadata(item: &Item, owners: bool) -> Result<()> {
+fn set_metadata(root: &Beneath, item: &Item, owners: bool) -> Result<()> {
     let n = &item.node;
-    let path = &item.path;
+    let path = root.display(&item.rel);
     match n.kind {
         NodeKind::File | NodeKind::Dir => {
-            let f = OpenOptions::new()
-                .read(true)
-                .custom_flags(
-                    nofollow() | if n.kind == NodeKind::Dir { rustix::fs::OFlags::DIRECTORY.bits() as i32 } else { 0 },
-                )
-                .open(path)
-                .map_err(|e| Error::io(path, e))?;
-            apply_metadata(&f, n, owners, path)?;
+            let f = root.open_read(&item.rel, n.kind == NodeKind::Dir).map_err(|e| Error::io(&path, e))?;
+            apply_metadata(&f, n, owners, &path)?;
         }
         NodeKind::Symlink => {
-            if owners {
-                std::os::unix::fs::lchown(path, Some(n.uid), Some(n.gid)).map_err(|e| Error::io(path, e))?;
-            }
-            let at = filetime::FileTime::from_system_time(system_time(n.atime_ns));
-            let mt = filetime::FileTime::from_system_time(system_time(n.mtime_ns));
-            filetime::set_symlink_file_times(path, at, mt).map_err(|e| Error::io(path, e))?;
+            root.link_metadata(&item.rel, owners.then_some((n.uid, n.gid)), n.atime_ns, n.mtime_ns)
+                .map_err(|e| Error::io(&path, e))?;
         }
         NodeKind::Hardlink => {}
     }

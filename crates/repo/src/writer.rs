@@ -260,11 +260,9 @@ impl<'r> Writer<'r> {
         now: OffsetDateTime,
     ) -> Result<(Id, Snapshot)> {
         self.flush()?;
-        let index = self.repo.index();
-        if !index.contains(&tree) {
-            return Err(Error::Invalid(format!("snapshot root tree {tree} was never stored")));
-        }
-        drop(index);
+        // Everything the snapshot names must be stored, with the right kind and length, and
+        // every listing must be valid: a snapshot appears only if it can be restored.
+        self.repo.verify_references(&tree)?;
         let snapshot = Snapshot { time: now, tree, paths, hostname, parent, tags: Vec::new(), summary };
         let id = self.repo.save_snapshot(&snapshot)?;
         Ok((id, snapshot))
@@ -282,13 +280,15 @@ impl ChunkSink for Writer<'_> {
         if (!self.force && self.repo.index().contains(&chunk.id)) || !lock(&self.seen).insert(chunk.id) {
             return Ok(());
         }
-        if chunk.data.len() > self.repo.config().pack_size as usize || chunk.raw_len as usize > 1 << 27 {
+        if chunk.data.len() > self.repo.config().pack_size as usize
+            || chunk.raw_len as usize > max_raw_len(&self.repo, chunk.kind)
+        {
             return Err(Error::Invalid(format!("chunk {} is larger than a pack", chunk.id)));
         }
         if chunk.kind == BlobKind::Tree {
             // Listings come from the client: check them now, so a snapshot that could not be
             // restored is never committed.
-            verify_tree_chunk(&self.repo, &chunk)?;
+            verify_chunk(&self.repo, &chunk)?;
         }
         let mut pack = lock(&self.open).pop().unwrap_or_else(|| self.new_pack());
         pack.add(chunk.id, chunk.kind, chunk.compressed, chunk.raw_len, &chunk.data);
@@ -316,38 +316,46 @@ impl Drop for Writer<'_> {
     }
 }
 
-/// Checks that a chunk from an untrusted client is what its id says (decompresses to its
-/// recorded length and hashes to its id); `Writer::put` then validates tree listings. The server half calls this on every chunk that
-/// arrives over the network, so no client can store data under another chunk's id.
+/// Largest plaintext a chunk of `kind` may have in `repo`: the chunker's largest chunk for
+/// file data, [`crate::tree::MAX_LISTING_BYTES`] for listings.
+pub fn max_raw_len(repo: &Repository, kind: BlobKind) -> usize {
+    match kind {
+        BlobKind::Data => repo.config().chunker.max.max(repo.config().chunker.fixed) as usize,
+        BlobKind::Tree => crate::tree::MAX_LISTING_BYTES,
+    }
+}
+
+/// Checks that a chunk from an untrusted client is what its id says: its declared length is
+/// within what the chunker (or a listing) can produce — checked before anything is allocated
+/// for it — and it decompresses, under that hard limit, to exactly that length and hashes to
+/// its id. Listings must also parse and pass [`crate::tree::validate`]. The server half calls
+/// this on every chunk that arrives over the network, so no client can store data under
+/// another chunk's id, nor make the server allocate what a chunk merely claims to hold.
 pub fn verify_chunk(repo: &Repository, chunk: &PreparedChunk) -> Result<()> {
-    let bad = |why: &str| Error::Invalid(format!("chunk {} refused: {why}", chunk.id));
+    let bad = |why: String| match chunk.kind {
+        BlobKind::Tree => Error::InvalidTree { tree: chunk.id.to_hex(), reason: why },
+        BlobKind::Data => Error::Invalid(format!("chunk {} refused: {why}", chunk.id)),
+    };
+    let limit = max_raw_len(repo, chunk.kind);
+    if chunk.raw_len as usize > limit {
+        return Err(bad(format!("it claims {} bytes; at most {limit} are allowed", chunk.raw_len)));
+    }
     let plain;
     let data = if chunk.compressed {
-        plain =
-            crate::chunker::decompress(&chunk.data, chunk.raw_len as usize).ok_or_else(|| bad("bad compression"))?;
+        plain = crate::chunker::decompress_limited(&chunk.data, chunk.raw_len as usize)
+            .ok_or_else(|| bad("bad compression or wrong length".into()))?;
         &plain[..]
     } else {
         &chunk.data[..]
     };
     if data.len() != chunk.raw_len as usize || repo.hasher().id(data) != chunk.id {
-        return Err(bad("contents do not match the id"));
-    }
-    // Tree listings are validated by `Writer::put` itself, for every caller.
-    Ok(())
-}
-
-fn verify_tree_chunk(repo: &Repository, chunk: &PreparedChunk) -> Result<()> {
-    let bad = |why: String| Error::Invalid(format!("tree {} refused: {why}", chunk.id));
-    let plain = if chunk.compressed {
-        crate::chunker::decompress(&chunk.data, chunk.raw_len as usize).ok_or_else(|| bad("bad compression".into()))?
-    } else {
-        chunk.data.clone()
-    };
-    if plain.len() != chunk.raw_len as usize || repo.hasher().id(&plain) != chunk.id {
         return Err(bad("contents do not match the id".into()));
     }
-    let tree: crate::model::Tree = serde_json::from_slice(&plain).map_err(|e| bad(e.to_string()))?;
-    crate::tree::validate(&tree).map_err(bad)
+    if chunk.kind == BlobKind::Tree {
+        let tree: crate::model::Tree = serde_json::from_slice(data).map_err(|e| bad(e.to_string()))?;
+        crate::tree::validate(&tree).map_err(bad)?;
+    }
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1024,6 +1024,243 @@ fn restore_replaces_planted_links_and_never_writes_outside_the_target() {
     assert_trees_equal(&src, &target2.join("data"));
 }
 
+/// Every file under `dir`, with its bytes: what an attack must leave unchanged.
+fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(contents(&p));
+        } else {
+            out.push((p.clone(), fs::read(&p).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_symlink_carrying_a_subtree_planted_in_storage_restores_nothing_outside_the_target() {
+    let tmp = tempdir();
+    let outside = tmp.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("keep.txt"), b"must not change\n").unwrap();
+    let before = contents(&outside);
+    let repo = init(Arc::new(MemBackend::new()), small_opts());
+    let root = testkit::hostile::symlink_with_subtree(&repo, &outside);
+    let snap = testkit::hostile::plant_snapshot(&repo, root, fixed_time(DAY0));
+    let target = tmp.path().join("target");
+    let err = try_restore(&repo, &snap, &target).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert_eq!(contents(&outside), before, "the restore wrote outside its target");
+    assert!(!outside.join("pwned").exists());
+}
+
+/// Plain bytes by id, as a server would stream them.
+struct Served(std::collections::HashMap<Id, Vec<u8>>);
+
+impl repo::restore::ContentSource for Served {
+    fn fetch(&self, wanted: &[(Id, u32)], sink: &(dyn Fn(&Id, &[u8]) -> repo::Result<()> + Sync)) -> repo::Result<()> {
+        for (id, _) in wanted {
+            sink(id, &self.0[id])?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_hostile_plan_from_a_server_writes_nothing_outside_the_target() {
+    use repo::model::{NodeKind, RawName};
+    use repo::restore::{restore_plan, PlanEntry};
+    use testkit::hostile::node;
+    let tmp = tempdir();
+    let outside = tmp.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("keep.txt"), b"must not change\n").unwrap();
+    let before = contents(&outside);
+    let data = b"written through a link".to_vec();
+    let id = Id([9; 32]);
+    let served = Served([(id, data.clone())].into());
+    let file = |name: &str| {
+        let mut n = node(name.rsplit('/').next().unwrap(), NodeKind::File);
+        n.size = data.len() as u64;
+        n.content = vec![Content::Chunk { id, len: data.len() as u32 }];
+        PlanEntry { path: RawName(name.as_bytes().to_vec()), node: n }
+    };
+    let link = |name: &str| {
+        let mut n = node(name, NodeKind::Symlink);
+        n.target = Some(RawName::from_os(outside.as_os_str()));
+        PlanEntry { path: RawName(name.as_bytes().to_vec()), node: n }
+    };
+    let dir = |name: &str| {
+        let mut n = node(name, NodeKind::Dir);
+        n.subtree = Some(Id([1; 32]));
+        PlanEntry { path: RawName(name.as_bytes().to_vec()), node: n }
+    };
+    let attacks: Vec<(&str, Vec<PlanEntry>)> = vec![
+        ("a file below a symlink", vec![link("escape"), file("escape/pwned")]),
+        ("a file whose parent is not in the plan", vec![file("escape/pwned")]),
+        ("a directory and a symlink of the same name", vec![dir("escape"), link("escape"), file("escape/pwned")]),
+        ("a symlink then a directory of the same name", vec![link("escape"), dir("escape"), file("escape/pwned")]),
+        ("a dot-dot path", vec![file("../pwned")]),
+        ("an absolute path", vec![file("/pwned")]),
+    ];
+    for (what, plan) in attacks {
+        let target = tmp.path().join(format!("target-{}", what.replace(' ', "-")));
+        let r = restore_plan(plan, &target, false, &RestoreProgress::default(), &served);
+        assert!(r.is_err(), "{what}: the plan was accepted");
+        assert_eq!(contents(&outside), before, "{what}: the restore wrote outside its target");
+    }
+    // A symlink planted in the target between the plan's directory and its file is replaced.
+    let target = tmp.path().join("target-planted");
+    fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("d")).unwrap();
+    restore_plan(vec![dir("d"), file("d/pwned")], &target, false, &RestoreProgress::default(), &served).unwrap();
+    assert_eq!(fs::read(target.join("d/pwned")).unwrap(), data);
+    assert_eq!(contents(&outside), before);
+}
+
+/// A listing, uploaded through a writer as a client would (validated, uncompressed).
+fn put_tree(w: &repo::Writer<'_>, repo: &Repository, nodes: Vec<repo::model::Node>) -> Id {
+    let json = serde_json::to_vec(&repo::model::Tree { nodes }).unwrap();
+    let id = repo.hasher().id(&json);
+    let chunk = repo::PreparedChunk {
+        id,
+        kind: repo::pack::BlobKind::Tree,
+        raw_len: json.len() as u32,
+        compressed: false,
+        data: json,
+    };
+    repo::ChunkSink::put(w, chunk).unwrap();
+    id
+}
+
+fn put_data(w: &repo::Writer<'_>, repo: &Repository, data: &[u8]) -> Id {
+    let id = repo.hasher().id(data);
+    let chunk = repo::PreparedChunk {
+        id,
+        kind: repo::pack::BlobKind::Data,
+        raw_len: data.len() as u32,
+        compressed: false,
+        data: data.to_vec(),
+    };
+    repo::ChunkSink::put(w, chunk).unwrap();
+    id
+}
+
+fn commit(w: repo::Writer<'_>, root: Id) -> repo::Result<(Id, Snapshot)> {
+    w.commit(root, vec!["x".into()], HOST.into(), None, Default::default(), fixed_time(DAY0))
+}
+
+#[test]
+fn commit_refuses_snapshots_whose_references_are_not_stored_or_not_what_they_claim() {
+    use repo::model::NodeKind;
+    use testkit::hostile::node;
+    let repo = init(Arc::new(MemBackend::new()), small_opts());
+    let file_of = |id: Id, len: u32| repo::model::Node {
+        size: u64::from(len),
+        content: vec![Content::Chunk { id, len }],
+        ..node("f", NodeKind::File)
+    };
+    let dir_of = |name: &str, sub: Id| repo::model::Node { subtree: Some(sub), ..node(name, NodeKind::Dir) };
+
+    // A data chunk never uploaded.
+    let w = repo.writer();
+    let root = put_tree(&w, &repo, vec![file_of(Id([5; 32]), 10)]);
+    match commit(w, root) {
+        Err(Error::MissingReferences { count: 1, missing }) => assert!(missing[0].contains(&Id([5; 32]).to_hex())),
+        other => panic!("{other:?}"),
+    }
+    // A subtree never uploaded.
+    let w = repo.writer();
+    let root = put_tree(&w, &repo, vec![dir_of("d", Id([6; 32]))]);
+    assert!(matches!(commit(w, root), Err(Error::MissingReferences { count: 1, .. })));
+    // A root that was uploaded as file data.
+    let w = repo.writer();
+    let json = serde_json::to_vec(&repo::model::Tree { nodes: vec![] }).unwrap();
+    let root = put_data(&w, &repo, &json);
+    assert!(matches!(commit(w, root), Err(Error::InvalidTree { .. })));
+    // A listing named as a file's data, and a chunk whose length the file misstates.
+    let w = repo.writer();
+    let inner = put_tree(&w, &repo, vec![]);
+    let data = put_data(&w, &repo, b"twelve bytes");
+    let a = put_tree(&w, &repo, vec![file_of(inner, 13)]);
+    let b = put_tree(&w, &repo, vec![file_of(data, 11)]);
+    let root = put_tree(&w, &repo, vec![dir_of("a", a)]);
+    assert!(matches!(commit(w, root), Err(Error::InvalidTree { .. })));
+    let w = repo.writer();
+    let root = put_tree(&w, &repo, vec![dir_of("b", b)]);
+    assert!(matches!(commit(w, root), Err(Error::InvalidTree { .. })));
+    // Nesting deeper than MAX_DEPTH.
+    let w = repo.writer();
+    let mut t = put_tree(&w, &repo, vec![]);
+    for _ in 0..repo::tree::MAX_DEPTH {
+        t = put_tree(&w, &repo, vec![dir_of("d", t)]);
+    }
+    assert!(matches!(commit(w, t), Err(Error::InvalidTree { .. })));
+    // A tree that expands to 2^30 entries through shared subtrees.
+    let w = repo.writer();
+    let mut t = put_tree(&w, &repo, vec![file_of(data, 12)]);
+    for _ in 0..30 {
+        t = put_tree(&w, &repo, vec![dir_of("a", t), dir_of("b", t)]);
+    }
+    assert!(matches!(commit(w, t), Err(Error::InvalidTree { .. })));
+    assert!(repo.snapshot_ids().unwrap().is_empty(), "a refused commit left a snapshot");
+
+    // What is stored and well formed commits, and restores.
+    let w = repo.writer();
+    let ok = put_tree(&w, &repo, vec![dir_of("b", put_tree(&w, &repo, vec![file_of(data, 12)]))]);
+    let (id, _) = commit(w, ok).unwrap();
+    let t = tempdir();
+    try_restore(&repo, &id, t.path()).unwrap();
+    assert_eq!(fs::read(t.path().join("b/f")).unwrap(), b"twelve bytes");
+}
+
+#[test]
+fn a_listing_that_breaks_the_rules_is_refused_on_upload() {
+    use repo::model::{NodeKind, RawName};
+    use testkit::hostile::node;
+    let repo = init(Arc::new(MemBackend::new()), small_opts());
+    let w = repo.writer();
+    let bad = vec![repo::model::Node {
+        target: Some(RawName(b"/etc".to_vec())),
+        subtree: Some(Id([1; 32])),
+        ..node("escape", NodeKind::Symlink)
+    }];
+    let json = serde_json::to_vec(&repo::model::Tree { nodes: bad }).unwrap();
+    let chunk = repo::PreparedChunk {
+        id: repo.hasher().id(&json),
+        kind: repo::pack::BlobKind::Tree,
+        raw_len: json.len() as u32,
+        compressed: false,
+        data: json,
+    };
+    assert!(matches!(repo::writer::verify_chunk(&repo, &chunk), Err(Error::InvalidTree { .. })));
+    assert!(matches!(repo::ChunkSink::put(&w, chunk), Err(Error::InvalidTree { .. })));
+}
+
+#[test]
+fn a_decompression_bomb_is_refused_before_anything_is_allocated() {
+    let repo = init(Arc::new(MemBackend::new()), small_opts());
+    // 2 GiB of zeros compress to a few KiB; the chunk claims all of it.
+    let claimed = 2u32 << 30;
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 19).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        std::io::Write::write_all(&mut enc, &zeros).unwrap();
+    }
+    let bomb = enc.finish().unwrap();
+    for kind in [repo::pack::BlobKind::Data, repo::pack::BlobKind::Tree] {
+        let chunk =
+            repo::PreparedChunk { id: Id([3; 32]), kind, raw_len: claimed, compressed: true, data: bomb.clone() };
+        assert!(repo::writer::verify_chunk(&repo, &chunk).is_err());
+        // Within the listing limit but expanding past it: stopped at the claimed length.
+        let chunk =
+            repo::PreparedChunk { id: Id([3; 32]), kind, raw_len: 20 << 20, compressed: true, data: bomb.clone() };
+        assert!(repo::writer::verify_chunk(&repo, &chunk).is_err());
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Retention, prune, repair
 // ---------------------------------------------------------------------------------------------

@@ -454,6 +454,7 @@ pub(crate) async fn status(
                 .await?;
                 return Err(ApiError::Denied(policy::DenyReason::ApprovalTooOld));
             }
+            redecide(&state, &a, &op).await?;
             let grant = identity::codes::random_token(&mut rand_core::OsRng);
             if !state.store.issue_grant(&a.id, &identity::codes::token_hash(&grant)).await? {
                 return Err(ApiError::Conflict("the grant was already issued".into()));
@@ -518,6 +519,8 @@ impl axum::extract::FromRequestParts<Arc<AppState>> for GrantHolder {
         if operation.destination.is_some() {
             return Err(ApiError::Unauthenticated);
         }
+        // Every use of the grant re-decides with the current roles, policy and vault state.
+        redecide(state, &a, &operation).await?;
         Ok(GrantHolder { approval: a, operation })
     }
 }
@@ -527,6 +530,59 @@ fn check_restore_id(g: &GrantHolder, id: &str) -> ApiResult<()> {
         return Err(ApiError::Unauthenticated);
     }
     Ok(())
+}
+
+/// Re-decides an approved restore at one use of it (the grant's hand-out, every request made
+/// with the grant, the server's job before it starts and while it runs): the vault is live,
+/// the snapshot not deleted, and `policy::decide_grant_use` allows with the requester's and
+/// approver's current roles and the vault's current policy. A refusal is audited
+/// (`restore.revoked`) and answered with `restore.grant_revoked`.
+pub(crate) async fn redecide(state: &AppState, a: &store::Approval, op: &RestoreOperation) -> ApiResult<()> {
+    let why = match still_allowed(state, a, op).await {
+        Ok(()) => return Ok(()),
+        Err(e @ ApiError::Internal(_)) => return Err(e),
+        Err(e) => e,
+    };
+    audit(
+        state,
+        "restore.revoked",
+        &op.requester,
+        "refused",
+        serde_json::json!({"approval_id": a.id, "digest": a.digest, "reason": why.code(), "message": why.to_string()}),
+    )
+    .await?;
+    Err(ApiError::refused(
+        "restore.grant_revoked",
+        StatusCode::FORBIDDEN,
+        format!("this restore may no longer run: {why}"),
+    ))
+}
+
+async fn still_allowed(state: &AppState, a: &store::Approval, op: &RestoreOperation) -> ApiResult<()> {
+    let (_, policy) = crate::critical::live_vault(state, &op.vault).await?;
+    if crate::critical::deleted_ids(state, &op.vault).await?.contains(&op.snapshot) {
+        return Err(ApiError::Conflict(format!("snapshot {} was deleted", &op.snapshot[..8.min(op.snapshot.len())])));
+    }
+    let requester = policy_principal(state, &a.requester_id).await?;
+    let approver = policy_principal(state, a.approver_id.as_deref().unwrap_or_default()).await?;
+    let evidence: serde_json::Value =
+        serde_json::from_str(a.evidence_json.as_deref().unwrap_or("{}")).map_err(internal)?;
+    let amr: Vec<String> = serde_json::from_value(evidence["amr"].clone()).unwrap_or_default();
+    let approval = policy::AuthContext {
+        hardware: amr.iter().any(|m| m == "hwk"),
+        user_verified: amr.iter().any(|m| m == "user"),
+        auth_time: a.approved_at.unwrap_or(0),
+    };
+    match policy::decide_grant_use(
+        &requester,
+        &approver,
+        &approval,
+        &Resource::Vault { name: &op.vault, policy: &policy },
+    ) {
+        Decision::Allow => Ok(()),
+        Decision::Deny { reason } => Err(ApiError::Denied(reason)),
+        other => Err(ApiError::Internal(format!("unexpected grant decision {other:?}"))),
+    }
 }
 
 /// The approved plan, and the set of chunks it may read, cached per approval.
@@ -720,11 +776,40 @@ pub struct RestoreJob {
     pub outcome: std::sync::Mutex<(String, serde_json::Value)>,
     /// When it started (server clock).
     pub started: i64,
+    /// Set when a re-decision refuses the restore: the job stops before its next write.
+    pub stop: std::sync::atomic::AtomicBool,
 }
+
+/// The vault's contents for a server-side job, refusing to deliver once the job is stopped.
+struct StoppableSource<'a> {
+    inner: repo::restore::RepoSource<'a>,
+    stop: &'a std::sync::atomic::AtomicBool,
+}
+
+impl repo::restore::ContentSource for StoppableSource<'_> {
+    fn fetch(
+        &self,
+        wanted: &[(repo::Id, u32)],
+        sink: &(dyn Fn(&repo::Id, &[u8]) -> Result<(), repo::Error> + Sync),
+    ) -> Result<(), repo::Error> {
+        self.inner.fetch(wanted, &|id, plain| {
+            if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(repo::Error::Invalid("the restore was stopped: its approval no longer holds".into()));
+            }
+            sink(id, plain)
+        })
+    }
+}
+
+/// How often a running server-side restore is re-decided.
+const JOB_RECHECK_SECONDS: u64 = 2;
 
 /// Starts the server-side restore of an approval just approved: the approval is consumed (as a
 /// grant would be) and the job runs in the background, audited like a client's restore.
 async fn start_server_restore(state: &Arc<AppState>, a: &store::Approval, op: RestoreOperation) -> ApiResult<()> {
+    // As approved just now (approver and evidence recorded), decided again before it starts.
+    let a = &load(state, &a.id).await?;
+    redecide(state, a, &op).await?;
     // Refused while maintenance holds the vault, before the approval is used up.
     crate::backups::note_restore_activity(state, &a.id, &op.vault)?;
     let repo = match crate::backups::open_repo(state, &op.vault).await {
@@ -745,6 +830,7 @@ async fn start_server_restore(state: &Arc<AppState>, a: &store::Approval, op: Re
         progress: Default::default(),
         outcome: std::sync::Mutex::new(("running".into(), serde_json::Value::Null)),
         started: state.clock.now(),
+        stop: std::sync::atomic::AtomicBool::new(false),
     });
     state.vaults.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(a.id.clone(), job.clone());
     audit(
@@ -755,7 +841,7 @@ async fn start_server_restore(state: &Arc<AppState>, a: &store::Approval, op: Re
         serde_json::json!({"approval_id": a.id, "digest": a.digest, "destination": "server", "target": job.target.display().to_string()}),
     )
     .await?;
-    let (st, id, digest) = (state.clone(), a.id.clone(), a.digest.clone());
+    let (st, id, digest, approval) = (state.clone(), a.id.clone(), a.digest.clone(), a.clone());
     tokio::spawn(async move {
         let j = job.clone();
         let work = tokio::task::spawn_blocking(move || -> Result<repo::restore::RestoreSummary, repo::Error> {
@@ -767,16 +853,22 @@ async fn start_server_restore(state: &Arc<AppState>, a: &store::Approval, op: Re
             std::fs::create_dir(&j.target).map_err(|e| io(&j.target, e))?;
             let snap = repo.load_snapshot(&repo::Id::from_hex(&j.operation.snapshot).unwrap_or(repo::Id([0; 32])))?;
             let entries = repo::restore::plan(&repo, &snap.tree, &j.operation.paths)?;
-            repo::restore::restore_plan(entries, &j.target, false, &j.progress, &repo::restore::RepoSource(&repo))
+            let source = StoppableSource { inner: repo::restore::RepoSource(&repo), stop: &j.stop };
+            repo::restore::restore_plan(entries, &j.target, false, &j.progress, &source)
         });
-        // While it runs, the vault stays busy for maintenance (prune, key retirement, purge).
+        // While it runs, the vault stays busy for maintenance (prune, key retirement, purge),
+        // and the restore is re-decided: a lost role, a changed policy or a deleted vault or
+        // snapshot stops it before its next write.
         tokio::pin!(work);
         let result = loop {
             tokio::select! {
                 r = &mut work => break r,
-                _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(JOB_RECHECK_SECONDS)) => {
                     let now = st.clock.now();
                     st.vaults.restoring.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), (job.operation.vault.clone(), now));
+                    if !job.stop.load(std::sync::atomic::Ordering::Relaxed) && redecide(&st, &approval, &job.operation).await.is_err() {
+                        job.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             }
         };

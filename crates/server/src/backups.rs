@@ -8,7 +8,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
 use policy::{Operation, Resource, VaultPolicy};
@@ -56,6 +55,47 @@ pub struct Vaults {
     maintenance: Mutex<HashSet<String>>,
     /// Restores the server runs itself (requested in the console), by approval id.
     pub(crate) jobs: Mutex<HashMap<String, Arc<crate::approvals::RestoreJob>>>,
+    /// Upload bytes being received or verified, per user id.
+    inflight: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+/// Backup sessions one user may have open at once.
+pub const MAX_SESSIONS_PER_USER: usize = 8;
+
+/// Upload bytes one user may have in flight (received, not yet stored) at once: two full
+/// batches. Together with the per-chunk length bound this caps what one account can make the
+/// server hold in memory.
+pub const MAX_INFLIGHT_PER_USER: u64 = 2 * MAX_BATCH as u64;
+
+/// A reservation of upload bytes for one user, released on drop.
+struct Inflight {
+    map: Arc<Mutex<HashMap<String, u64>>>,
+    user: String,
+    bytes: u64,
+}
+
+impl Inflight {
+    fn reserve(vaults: &Vaults, user: &str, bytes: u64) -> ApiResult<Inflight> {
+        let mut map = guard(&vaults.inflight);
+        let used = map.entry(user.to_string()).or_default();
+        if *used + bytes > MAX_INFLIGHT_PER_USER {
+            return Err(ApiError::RateLimited { retry_after: 1 });
+        }
+        *used += bytes;
+        Ok(Inflight { map: vaults.inflight.clone(), user: user.to_string(), bytes })
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        let mut map = guard(&self.map);
+        if let Some(used) = map.get_mut(&self.user) {
+            *used = used.saturating_sub(self.bytes);
+            if *used == 0 {
+                map.remove(&self.user);
+            }
+        }
+    }
 }
 
 fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -145,6 +185,12 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 
 fn repo_err(e: repo::Error) -> ApiError {
     match e {
+        e @ repo::Error::InvalidTree { .. } => {
+            ApiError::refused("snapshot.invalid_tree", axum::http::StatusCode::BAD_REQUEST, e.to_string())
+        }
+        e @ repo::Error::MissingReferences { .. } => {
+            ApiError::refused("snapshot.missing_references", axum::http::StatusCode::BAD_REQUEST, e.to_string())
+        }
         repo::Error::Invalid(m) => ApiError::BadRequest(m),
         repo::Error::NotFound(m) => ApiError::NotFound(m),
         other => ApiError::Internal(other.to_string()),
@@ -207,6 +253,13 @@ pub(crate) async fn start(
     let id = identity::codes::random_token(&mut rand_core::OsRng);
     let config = repo.config().clone();
     let key = hex::encode(repo.hasher_key());
+    if guard(&state.vaults.sessions).values().filter(|s| s.user_id == p.user.id).count() >= MAX_SESSIONS_PER_USER {
+        return Err(ApiError::refused(
+            "backup.too_many_sessions",
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            format!("you have {MAX_SESSIONS_PER_USER} backups open already; finish one (or wait 15 minutes for an abandoned one to close)"),
+        ));
+    }
     let mut writer = Writer::shared(repo);
     writer.set_checkpoint_packs(state.checkpoint_packs);
     let now = state.clock.now();
@@ -234,7 +287,10 @@ pub(crate) async fn start(
     })))
 }
 
-fn session(state: &AppState, p: &Principal, id: &str) -> ApiResult<Arc<BackupSession>> {
+/// The caller's backup session `id`, re-decided: every use of a session (a `missing` query, a
+/// chunk batch, the commit) asks the policy again with the caller's current roles and the
+/// vault's current policy and state, so losing the role (or the vault) stops the backup.
+async fn session(state: &AppState, p: &Principal, id: &str) -> ApiResult<Arc<BackupSession>> {
     let s = state
         .vaults
         .sessions
@@ -246,6 +302,7 @@ fn session(state: &AppState, p: &Principal, id: &str) -> ApiResult<Arc<BackupSes
     if s.user_id != p.user.id {
         return Err(ApiError::NotFound("no such backup session (it may have ended)".into()));
     }
+    crate::vaults::recheck(state, p, Operation::Backup, &s.vault).await?;
     s.last_used.store(state.clock.now(), Ordering::Relaxed);
     Ok(s)
 }
@@ -262,7 +319,7 @@ pub(crate) async fn missing(
     Path(id): Path<String>,
     Json(body): Json<Missing>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let s = session(&state, &p, &id)?;
+    let s = session(&state, &p, &id).await?;
     if body.ids.len() > MAX_IDS {
         return Err(ApiError::BadRequest(format!("at most {MAX_IDS} ids per query")));
     }
@@ -302,14 +359,39 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<PreparedChunk>, String> {
     Ok(out)
 }
 
-/// `POST /api/v1/backups/{id}/chunks` (binary batch): verifies and stores every chunk.
+/// `POST /api/v1/backups/{id}/chunks` (binary batch): verifies and stores every chunk. The
+/// body is read only after the session is re-decided and its length (`Content-Length`,
+/// required) is reserved against the user's in-flight budget.
 pub(crate) async fn chunks(
     State(state): St,
     p: Principal,
     Path(id): Path<String>,
-    body: Bytes,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let s = session(&state, &p, &id)?;
+    let s = session(&state, &p, &id).await?;
+    let len = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| {
+            ApiError::refused(
+                "request.length_required",
+                axum::http::StatusCode::LENGTH_REQUIRED,
+                "send chunk batches with a Content-Length",
+            )
+        })?;
+    if len > MAX_BATCH as u64 {
+        return Err(ApiError::refused(
+            "request.too_large",
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a chunk batch holds at most {MAX_BATCH} bytes"),
+        ));
+    }
+    let _reserved = Inflight::reserve(&state.vaults, &p.user.id, len)?;
+    let body = axum::body::to_bytes(body, len as usize)
+        .await
+        .map_err(|_| ApiError::BadRequest("the chunk batch is longer than its Content-Length or was cut off".into()))?;
     let batch = parse_batch(&body).map_err(ApiError::BadRequest)?;
     let n = batch.len();
     let stored: u64 = batch.iter().map(|c| c.data.len() as u64).sum();
@@ -353,7 +435,7 @@ pub(crate) async fn commit(
         Some(h) => Some(Id::from_hex(h).ok_or_else(|| ApiError::BadRequest("parent is 64 hex digits".into()))?),
         None => None,
     };
-    session(&state, &p, &id)?;
+    session(&state, &p, &id).await?;
     let s = state
         .vaults
         .sessions

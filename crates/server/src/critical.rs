@@ -176,7 +176,7 @@ fn protected(policy: &VaultPolicy, time: time::OffsetDateTime, now: i64) -> bool
 }
 
 /// The ids (hex) of `vault`'s soft-deleted snapshots.
-async fn deleted_ids(state: &AppState, vault: &str) -> ApiResult<std::collections::HashSet<String>> {
+pub(crate) async fn deleted_ids(state: &AppState, vault: &str) -> ApiResult<std::collections::HashSet<String>> {
     Ok(state.store.deleted_snapshots(vault).await?.into_iter().map(|d| d.snapshot).collect())
 }
 

@@ -47,6 +47,24 @@ pub enum ApiError {
         /// Maximum age of the authentication in seconds.
         max_age: i64,
     },
+    /// A refusal with its own stable code (see docs/api.md): the situations clients need to
+    /// tell apart.
+    #[error("{message}")]
+    Refused {
+        /// The stable code, e.g. `snapshot.missing_references`.
+        code: &'static str,
+        /// HTTP status.
+        status: StatusCode,
+        /// What happened, for people.
+        message: String,
+    },
+    /// Too many requests from this client or for this account; try again after `retry_after`
+    /// seconds.
+    #[error("too many requests; try again in {retry_after} s")]
+    RateLimited {
+        /// Seconds until a request would be accepted.
+        retry_after: u64,
+    },
     /// The server failed; details are in its log.
     #[error("internal error")]
     Internal(String),
@@ -78,8 +96,15 @@ impl ApiError {
             ApiError::StepUp { .. } => "auth.insufficient_user_authentication",
             ApiError::Conflict(_) => "request.conflict",
             ApiError::NotFound(_) => "request.not_found",
+            ApiError::Refused { code, .. } => code,
+            ApiError::RateLimited { .. } => "request.rate_limited",
             ApiError::Internal(_) => "server.internal",
         }
+    }
+
+    /// A refusal with a specific code.
+    pub fn refused(code: &'static str, status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError::Refused { code, status, message: message.into() }
     }
 
     fn status(&self) -> StatusCode {
@@ -100,6 +125,8 @@ impl ApiError {
             ApiError::Denied(_) => StatusCode::FORBIDDEN,
             ApiError::StepUp { .. } => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Refused { status, .. } => *status,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -132,6 +159,9 @@ impl IntoResponse for ApiError {
         }
         let body = serde_json::json!({ "error": { "code": self.code(), "message": self.public_message() } });
         let mut resp = (status, axum::Json(body)).into_response();
+        if let ApiError::RateLimited { retry_after } = &self {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(*retry_after));
+        }
         if let ApiError::StepUp { acr_values, max_age } = &self {
             // RFC 9470 §3: the challenge names what would be enough.
             let challenge = format!(

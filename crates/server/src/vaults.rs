@@ -87,6 +87,22 @@ pub async fn authorize(state: &AppState, p: &Principal, op: Operation, resource:
     }
 }
 
+/// Re-decides an authority decided earlier (a backup session) at one use of it, with the
+/// caller's current roles and the vault's current policy and state. Allowing is not audited
+/// again (the decision that opened it was); a refusal is, and ends the use with its reason.
+pub async fn recheck(state: &AppState, p: &Principal, op: Operation, vault: &str) -> ApiResult<()> {
+    let policy = crate::critical::live_vault(state, vault).await?.1;
+    let principal = policy_principal(state, &p.user.id).await?;
+    let resource = Resource::Vault { name: vault, policy: &policy };
+    match policy::decide(&principal, &auth_context(p), op, &resource, None, state.clock.now()) {
+        Decision::Allow | Decision::ApprovalRequired { .. } => Ok(()),
+        decision => {
+            authorize(state, p, op, &resource).await?;
+            Err(ApiError::Internal(format!("decision changed between two reads: {decision:?}")))
+        }
+    }
+}
+
 async fn load_vault(state: &AppState, name: &str) -> ApiResult<(store::Vault, VaultPolicy)> {
     let v = state.store.vault(name).await?.ok_or_else(|| ApiError::NotFound(format!("no vault {name}")))?;
     let policy: VaultPolicy = serde_json::from_str(&v.policy_json).map_err(|e| ApiError::Internal(e.to_string()))?;

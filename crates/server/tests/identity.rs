@@ -2,116 +2,8 @@
 //! real HTTP on loopback, against a server with a real SQLite file.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
-
-use reqwest::StatusCode;
-use serde_json::{json, Value};
-use testkit::softkey::SoftKey;
-
-struct Srv {
-    base: String,
-    state: Arc<server::AppState>,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-async fn spawn() -> Srv {
-    let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let base = format!("http://localhost:{port}");
-    let config = server::ServerConfig::new(dir.path().join("data"), url::Url::parse(&base).unwrap());
-    let state = Arc::new(server::open_state(&config, server::Clock::default()).await.unwrap());
-    tokio::spawn(server::serve(state.clone(), listener, std::future::pending()));
-    let http = reqwest::Client::builder().cookie_store(true).build().unwrap();
-    Srv { base, state, http, _dir: dir }
-}
-
-impl Srv {
-    async fn post(&self, path: &str, body: Value, bearer: Option<&str>) -> (StatusCode, Value) {
-        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
-        if let Some(t) = bearer {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, path: &str, bearer: Option<&str>) -> (StatusCode, Value) {
-        let mut req = self.http.get(format!("{}{path}", self.base));
-        if let Some(t) = bearer {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn first_link(&self) -> String {
-        server::first_start_link(&self.state).await.unwrap().expect("no users yet")
-    }
-
-    async fn link_for(&self, user: &str, role: &str) -> String {
-        server::routes::create_enroll_link(&self.state, user, role, None, None, "test").await.unwrap()
-    }
-
-    fn token_of(link: &str) -> String {
-        link.rsplit('/').next().unwrap().to_string()
-    }
-
-    /// Enrolls `key` from `link`; returns the finish answer.
-    async fn enroll(&self, key: &mut SoftKey, link: &str) -> (StatusCode, Value) {
-        let token = Self::token_of(link);
-        let (st, start) = self.post(&format!("/api/v1/enroll/{token}/start"), json!({}), None).await;
-        assert_eq!(st, StatusCode::OK, "{start}");
-        let cred = key.register(&self.base, serde_json::from_value(start["options"].clone()).unwrap()).unwrap();
-        self.post(
-            &format!("/api/v1/enroll/{token}/finish"),
-            json!({"ceremony_id": start["ceremony_id"], "credential": cred}),
-            None,
-        )
-        .await
-    }
-
-    async fn login_start(&self, username: Option<&str>) -> Value {
-        let body = username.map(|u| json!({"username": u})).unwrap_or(json!({}));
-        let (st, start) = self.post("/api/v1/auth/login/start", body, None).await;
-        assert_eq!(st, StatusCode::OK, "{start}");
-        start
-    }
-
-    async fn login(&self, key: &mut SoftKey, username: Option<&str>) -> (StatusCode, Value) {
-        let start = self.login_start(username).await;
-        let pkc = key.assert(&self.base, serde_json::from_value(start["options"].clone()).unwrap()).unwrap();
-        self.post("/api/v1/auth/login/finish", json!({"ceremony_id": start["ceremony_id"], "credential": pkc}), None)
-            .await
-    }
-
-    async fn token(&self, key: &mut SoftKey, username: Option<&str>) -> String {
-        let (st, v) = self.login(key, username).await;
-        assert_eq!(st, StatusCode::OK, "{v}");
-        v["access_token"].as_str().unwrap().to_string()
-    }
-
-    async fn delete(&self, path: &str, bearer: &str) -> (StatusCode, Value) {
-        let resp = self.http.delete(format!("{}{path}", self.base)).bearer_auth(bearer).send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn audit_kinds(&self) -> Vec<String> {
-        self.state.store.audit_events(0, 10_000).await.unwrap().into_iter().map(|e| e.event.kind).collect()
-    }
-}
-
-fn code(v: &Value) -> &str {
-    v["error"]["code"].as_str().unwrap_or("")
-}
-
+mod common;
+use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_owner_enrolls_signs_in_and_sees_their_roles() {
     let s = spawn().await;
@@ -654,70 +546,6 @@ async fn vaults_roles_and_policy_simulation_follow_the_policy_crate() {
     assert_eq!(code(&body), "auth.insufficient_user_authentication");
 }
 
-/// Owner, a restore operator (alice) and a reader (carol); vaults `prod` (production) and `hw`
-/// (hardware-only approvals), each with one snapshot.
-async fn restore_fixture() -> (Srv, String, (SoftKey, String), (SoftKey, String), (SoftKey, String)) {
-    let s = spawn().await;
-    let mut owner = SoftKey::new().unwrap();
-    assert_eq!(s.enroll(&mut owner, &s.first_link().await).await.0, StatusCode::OK);
-    let to = s.token(&mut owner, Some("owner")).await;
-    for (name, hw) in [("prod", false), ("hw", true)] {
-        let (st, v) = s
-            .post("/api/v1/vaults", json!({"name": name, "kind": "production", "require_hardware": hw}), Some(&to))
-            .await;
-        assert_eq!(st, StatusCode::CREATED, "{v}");
-        let repo = server::backups::open_repo(&s.state, name).await.unwrap();
-        let src = s._dir.path().join(format!("src-{name}"));
-        testkit::make_tree(&src);
-        tokio::task::spawn_blocking(move || {
-            repo::backup::backup_local(
-                &repo,
-                &[src],
-                None,
-                "h",
-                testkit::fixed_time(1_800_000_000),
-                &Default::default(),
-            )
-            .unwrap()
-        })
-        .await
-        .unwrap();
-    }
-    let mut people = Vec::new();
-    for (user, role) in [("alice", "restore-operator"), ("carol", "reader")] {
-        let (_, inv) = s.post("/api/v1/invites", json!({"username": user, "role": role}), Some(&to)).await;
-        let mut key = SoftKey::new().unwrap();
-        assert_eq!(s.enroll(&mut key, inv["url"].as_str().unwrap()).await.0, StatusCode::OK);
-        let t = s.token(&mut key, Some(user)).await;
-        people.push((key, t));
-    }
-    let carol = people.pop().unwrap();
-    let alice = people.pop().unwrap();
-    (s, to, (owner, String::new()), alice, carol)
-}
-
-async fn request_restore(s: &Srv, token: &str, vault: &str) -> Value {
-    let (st, v) = s
-        .post(
-            &format!("/api/v1/vaults/{vault}/restores"),
-            json!({"snapshot": "latest", "target": "/tmp/restore-here"}),
-            Some(token),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
-    v
-}
-
-/// Starts an approval ceremony as `token` and signs it with `key`; returns (start answer, assertion).
-async fn sign_approval(s: &Srv, key: &mut SoftKey, token: &str, approval: &str) -> (StatusCode, Value, Option<Value>) {
-    let (st, start) = s.post(&format!("/api/v1/approvals/{approval}/start"), json!({}), Some(token)).await;
-    if st != StatusCode::OK {
-        return (st, start, None);
-    }
-    let pkc = key.assert(&s.base, serde_json::from_value(start["options"].clone()).unwrap()).unwrap();
-    (st, start, Some(serde_json::to_value(pkc).unwrap()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_runs_only_after_a_restore_operator_approves_that_exact_operation() {
     use base64::Engine as _;
@@ -1230,35 +1058,6 @@ async fn master_keys_from_env_or_passphrase_and_a_data_directory_never_changes_k
 }
 
 /// Asks for the approved plan with a restore grant; returns the status.
-async fn plan_with_grant(s: &Srv, id: &str, grant: &str) -> StatusCode {
-    let r = s
-        .http
-        .get(format!("{}/api/v1/restores/{id}/plan", s.base))
-        .header("authorization", format!("Grant {grant}"))
-        .send()
-        .await
-        .unwrap();
-    r.status()
-}
-
-/// Alice requests a restore of `prod`, the owner approves; returns (approval id, grant).
-async fn alices_grant(s: &Srv, ta: &str, owner: &mut SoftKey, to: &str) -> (String, String) {
-    let r = request_restore(s, ta, "prod").await;
-    let id = r["approval_id"].as_str().unwrap().to_string();
-    let (_, start, pkc) = sign_approval(s, owner, to, &id).await;
-    let (st, v) = s
-        .post(
-            &format!("/api/v1/approvals/{id}/finish"),
-            json!({"ceremony_id": start["ceremony_id"], "credential": pkc.unwrap()}),
-            Some(to),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-    let (st, g) = s.get(&format!("/api/v1/restores/{id}"), Some(ta)).await;
-    assert_eq!(st, StatusCode::OK, "{g}");
-    (id, g["grant"].as_str().unwrap().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_tokens_and_grants_never_outlive_the_account_or_credential_behind_them() {
     use base64::Engine as _;

@@ -14,6 +14,7 @@
 mod compare;
 mod fault;
 mod fixtures;
+pub mod hostile;
 mod mem;
 pub mod softkey;
 

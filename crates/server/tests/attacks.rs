@@ -1,0 +1,367 @@
+//! The adversarial suite: one test per attack, named after it, against a real server on
+//! loopback (real SQLite file, real WebAuthn ceremonies with the software authenticator). Each
+//! of these broke the promise on an earlier version; docs/security.md maps them to the threat
+//! model.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use common::*;
+
+/// Approves `id` as the holder of `key`/`token`; panics unless it is accepted.
+async fn approve(s: &Srv, key: &mut SoftKey, token: &str, id: &str) {
+    let (st, start, pkc) = sign_approval(s, key, token, id).await;
+    assert_eq!(st, StatusCode::OK, "{start}");
+    let (st, v) = s
+        .post(
+            &format!("/api/v1/approvals/{id}/finish"),
+            json!({"ceremony_id": start["ceremony_id"], "credential": pkc.unwrap()}),
+            Some(token),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+}
+
+/// Invites `user` with `role` (server-wide) and signs them in.
+async fn invite(s: &Srv, owner_token: &str, user: &str, role: &str) -> (SoftKey, String) {
+    let (st, inv) = s.post("/api/v1/invites", json!({"username": user, "role": role}), Some(owner_token)).await;
+    assert_eq!(st, StatusCode::OK, "{inv}");
+    let mut key = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut key, inv["url"].as_str().unwrap()).await.0, StatusCode::OK);
+    let t = s.token(&mut key, Some(user)).await;
+    (key, t)
+}
+
+async fn role(s: &Srv, owner_token: &str, revoke: bool, user: &str, role: &str, vault: Option<&str>) {
+    let path = if revoke { "/api/v1/roles/revoke" } else { "/api/v1/roles" };
+    let (st, v) = s.post(path, json!({"username": user, "role": role, "vault": vault}), Some(owner_token)).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+}
+
+/// A backup session opened over HTTP, with the vault's chunk-id key.
+struct Upload {
+    id: String,
+    hasher: repo::chunker::ChunkHasher,
+}
+
+async fn open_backup(s: &Srv, token: &str, vault: &str) -> Upload {
+    let (st, v) = s.post(&format!("/api/v1/vaults/{vault}/backups"), json!({}), Some(token)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let key: [u8; 32] = hex::decode(v["chunk_id_key"].as_str().unwrap()).unwrap().try_into().unwrap();
+    Upload {
+        id: v["backup_id"].as_str().unwrap().to_string(),
+        hasher: repo::chunker::ChunkHasher::new(&repo::crypto::Key::from_bytes(key)),
+    }
+}
+
+/// One chunk of a batch: `id[32] kind flags raw_len len data`.
+fn batch_entry(out: &mut Vec<u8>, id: &repo::Id, kind: u8, compressed: bool, raw_len: u32, data: &[u8]) {
+    out.extend_from_slice(&id.0);
+    out.push(kind);
+    out.push(u8::from(compressed));
+    out.extend_from_slice(&raw_len.to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(data);
+}
+
+async fn send_batch(s: &Srv, token: &str, up: &Upload, batch: Vec<u8>) -> (StatusCode, Value) {
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/backups/{}/chunks", s.base, up.id))
+        .bearer_auth(token)
+        .body(batch)
+        .send()
+        .await
+        .unwrap();
+    let st = resp.status();
+    (st, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Uploads plaintext chunks (uncompressed) of `kind` (0 data, 1 listing); returns their ids.
+async fn upload(s: &Srv, token: &str, up: &Upload, chunks: &[(u8, Vec<u8>)]) -> (StatusCode, Value, Vec<repo::Id>) {
+    let mut batch = Vec::new();
+    let mut ids = Vec::new();
+    for (kind, plain) in chunks {
+        let id = up.hasher.id(plain);
+        batch_entry(&mut batch, &id, *kind, false, plain.len() as u32, plain);
+        ids.push(id);
+    }
+    let (st, v) = send_batch(s, token, up, batch).await;
+    (st, v, ids)
+}
+
+fn listing(nodes: Vec<repo::model::Node>) -> Vec<u8> {
+    serde_json::to_vec(&repo::model::Tree { nodes }).unwrap()
+}
+
+async fn commit(s: &Srv, token: &str, up: &Upload, tree: &repo::Id) -> (StatusCode, Value) {
+    s.post(&format!("/api/v1/backups/{}/commit", up.id), json!({"tree": tree.to_hex(), "paths": ["x"]}), Some(token))
+        .await
+}
+
+fn file_node(name: &str, id: repo::Id, len: u32) -> repo::model::Node {
+    repo::model::Node {
+        size: u64::from(len),
+        content: vec![repo::model::Content::Chunk { id, len }],
+        ..testkit::hostile::node(name, repo::model::NodeKind::File)
+    }
+}
+
+fn dir_node(name: &str, sub: repo::Id) -> repo::model::Node {
+    repo::model::Node { subtree: Some(sub), ..testkit::hostile::node(name, repo::model::NodeKind::Dir) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_carrying_a_subtree_is_refused_on_upload() {
+    let (s, to, ..) = restore_fixture().await;
+    let up = open_backup(&s, &to, "prod").await;
+    let inner = listing(vec![]);
+    let inner_id = up.hasher.id(&inner);
+    let link = repo::model::Node {
+        target: Some(repo::model::RawName(b"/etc".to_vec())),
+        subtree: Some(inner_id),
+        ..testkit::hostile::node("escape", repo::model::NodeKind::Symlink)
+    };
+    let (st, v, _) = upload(&s, &to, &up, &[(1, inner), (1, listing(vec![link]))]).await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "snapshot.invalid_tree"), "{v}");
+    // Other listings no restore may trust: a file with a subtree, a `..` name, duplicates.
+    let mut file_with_subtree = file_node("f", repo::Id([1; 32]), 0);
+    file_with_subtree.content.clear();
+    file_with_subtree.subtree = Some(inner_id);
+    let dotdot = dir_node("..", inner_id);
+    let dup = vec![dir_node("a", inner_id), dir_node("a", inner_id)];
+    for bad in [vec![file_with_subtree], vec![dotdot], dup] {
+        let (st, v, _) = upload(&s, &to, &up, &[(1, listing(bad))]).await;
+        assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "snapshot.invalid_tree"), "{v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_referencing_chunks_never_uploaded_or_held_by_another_vault_or_of_the_wrong_kind_are_refused() {
+    let (s, to, ..) = restore_fixture().await;
+    // A chunk stored in vault `hw` (ids are keyed per vault, so `prod` cannot even name it).
+    let other = open_backup(&s, &to, "hw").await;
+    let (st, _, other_ids) = upload(&s, &to, &other, &[(0, b"only in hw".to_vec())]).await;
+    assert_eq!(st, StatusCode::OK);
+    let up = open_backup(&s, &to, "prod").await;
+    let never = up.hasher.id(b"never uploaded");
+    let (_, _, ids) = upload(
+        &s,
+        &to,
+        &up,
+        &[
+            (1, listing(vec![file_node("a", never, 14)])),
+            (1, listing(vec![file_node("a", other_ids[0], 10)])),
+            (1, listing(vec![dir_node("d", up.hasher.id(b"no such listing"))])),
+            // A valid listing (no dedup with a real one: the bytes differ), sent as file data.
+            (0, b"{\"nodes\": [] }".to_vec()),
+        ],
+    )
+    .await;
+    let (st, v) = commit(&s, &to, &up, &ids[0]).await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "snapshot.missing_references"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains(&never.to_hex()), "names what is missing: {v}");
+    // The refused commit ended that session (its uploads are indexed); each next attempt
+    // opens another.
+    for (root, what) in [(ids[1], "data of another vault"), (ids[2], "a missing subtree")] {
+        let up2 = open_backup(&s, &to, "prod").await;
+        let (st, v) = commit(&s, &to, &up2, &root).await;
+        assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "snapshot.missing_references"), "{what}: {v}");
+    }
+    // A "listing" root that was uploaded as file data.
+    let up3 = open_backup(&s, &to, "prod").await;
+    let (st, v) = commit(&s, &to, &up3, &ids[3]).await;
+    assert_eq!((st, code(&v)), (StatusCode::BAD_REQUEST, "snapshot.invalid_tree"), "{v}");
+    // A chunk whose contents do not match its id.
+    let up4 = open_backup(&s, &to, "prod").await;
+    let mut batch = Vec::new();
+    batch_entry(&mut batch, &up4.hasher.id(b"claimed"), 0, false, 6, b"actual");
+    let (st, v) = send_batch(&s, &to, &up4, batch).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (_, list) = s.get("/api/v1/vaults/prod/snapshots", Some(&to)).await;
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 1, "a refused commit made a snapshot: {list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_planted_in_storage_with_a_symlink_subtree_restores_nothing_outside_the_server_target() {
+    let (s, to, _, (mut alice, ta), _) = restore_fixture().await;
+    let outside = s._dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("keep.txt"), b"must not change").unwrap();
+    let repo = server::backups::open_repo(&s.state, "prod").await.unwrap();
+    let out = outside.clone();
+    tokio::task::spawn_blocking(move || {
+        let root = testkit::hostile::symlink_with_subtree(&repo, &out);
+        testkit::hostile::plant_snapshot(&repo, root, testkit::fixed_time(1_900_000_000))
+    })
+    .await
+    .unwrap();
+    let (st, r) = s
+        .post(
+            "/api/v1/vaults/prod/restores",
+            json!({"snapshot": "latest", "target": "r1", "on_server": true}),
+            Some(&to),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{r}");
+    let id = r["approval_id"].as_str().unwrap().to_string();
+    approve(&s, &mut alice, &ta, &id).await;
+    let mut job = Value::Null;
+    for _ in 0..200 {
+        job = s.get(&format!("/api/v1/restores/{id}/job"), Some(&to)).await.1;
+        if job["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(job["status"], "failed", "{job}");
+    let names: Vec<_> = std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("keep.txt")], "the restore wrote outside its target");
+    assert_eq!(std::fs::read(outside.join("keep.txt")).unwrap(), b"must not change");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_grant_stops_when_the_requester_loses_the_role() {
+    let (s, to, _, (mut alice, ta), _) = restore_fixture().await;
+    let (_, tb) = invite(&s, &to, "bob", "reader").await;
+    role(&s, &to, false, "bob", "backup-operator", Some("prod")).await;
+    // Bob requests, alice (a restore operator) approves; bob holds the grant.
+    let r = request_restore(&s, &tb, "prod").await;
+    let id = r["approval_id"].as_str().unwrap().to_string();
+    approve(&s, &mut alice, &ta, &id).await;
+    let (st, g) = s.get(&format!("/api/v1/restores/{id}"), Some(&tb)).await;
+    assert_eq!(st, StatusCode::OK, "{g}");
+    let grant = g["grant"].as_str().unwrap().to_string();
+    assert_eq!(plan_with_grant(&s, &id, &grant).await, StatusCode::OK);
+    // The owner revokes bob's role on the vault: the grant stops at its next use.
+    role(&s, &to, true, "bob", "backup-operator", Some("prod")).await;
+    let resp = s
+        .http
+        .get(format!("{}/api/v1/restores/{id}/plan", s.base))
+        .header("authorization", format!("Grant {grant}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(code(&v), "restore.grant_revoked", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("no role"), "{v}");
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/restores/{id}/chunks", s.base))
+        .header("authorization", format!("Grant {grant}"))
+        .json(&json!({"ids": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(s.audit_kinds().await.contains(&"restore.revoked".to_string()));
+    // Given back, the grant works again: it is decided at each use, not cancelled.
+    role(&s, &to, false, "bob", "backup-operator", Some("prod")).await;
+    assert_eq!(plan_with_grant(&s, &id, &grant).await, StatusCode::OK);
+    // The approver losing the role stops it too.
+    role(&s, &to, true, "alice", "restore-operator", None).await;
+    assert_eq!(plan_with_grant(&s, &id, &grant).await, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_is_not_handed_out_after_the_requester_loses_the_role_and_stops_when_the_snapshot_is_deleted() {
+    let (s, to, (mut owner, _), ..) = restore_fixture().await;
+    let (_, tb) = invite(&s, &to, "bob", "reader").await;
+    role(&s, &to, false, "bob", "backup-operator", Some("prod")).await;
+    role(&s, &to, false, "owner", "restore-operator", Some("prod")).await;
+    // Approved, then the role goes before the grant is fetched: no grant.
+    let r = request_restore(&s, &tb, "prod").await;
+    let id = r["approval_id"].as_str().unwrap().to_string();
+    approve(&s, &mut owner, &to, &id).await;
+    role(&s, &to, true, "bob", "backup-operator", Some("prod")).await;
+    let (st, v) = s.get(&format!("/api/v1/restores/{id}"), Some(&tb)).await;
+    assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "restore.grant_revoked"), "{v}");
+    // A snapshot soft-deleted after the approval is read no more.
+    role(&s, &to, false, "bob", "backup-operator", Some("prod")).await;
+    let r = request_restore(&s, &tb, "prod").await;
+    let id = r["approval_id"].as_str().unwrap().to_string();
+    approve(&s, &mut owner, &to, &id).await;
+    let (_, g) = s.get(&format!("/api/v1/restores/{id}"), Some(&tb)).await;
+    let grant = g["grant"].as_str().unwrap().to_string();
+    assert_eq!(plan_with_grant(&s, &id, &grant).await, StatusCode::OK);
+    let (_, shown) = s.get(&format!("/api/v1/approvals/{id}"), Some(&to)).await;
+    let now = s.state.clock.now();
+    s.state
+        .store
+        .soft_delete_snapshot(&store::DeletedSnapshot {
+            vault: "prod".into(),
+            snapshot: shown["operation"]["snapshot"].as_str().unwrap().into(),
+            deleted_at: now,
+            deleted_by: "owner".into(),
+            purge_at: now + 86_400,
+        })
+        .await
+        .unwrap();
+    assert_eq!(plan_with_grant(&s, &id, &grant).await, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_session_stops_when_the_uploaders_role_is_revoked() {
+    let (s, to, ..) = restore_fixture().await;
+    let (_, tb) = invite(&s, &to, "bob", "reader").await;
+    role(&s, &to, false, "bob", "backup-operator", Some("prod")).await;
+    let up = open_backup(&s, &tb, "prod").await;
+    let (st, _, ids) = upload(&s, &tb, &up, &[(1, listing(vec![]))]).await;
+    assert_eq!(st, StatusCode::OK);
+    role(&s, &to, true, "bob", "backup-operator", Some("prod")).await;
+    let (st, v, _) = upload(&s, &tb, &up, &[(0, b"more".to_vec())]).await;
+    assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "policy.no_role"), "{v}");
+    let (st, v) =
+        s.post(&format!("/api/v1/backups/{}/missing", up.id), json!({"ids": [ids[0].to_hex()]}), Some(&tb)).await;
+    assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "policy.no_role"), "{v}");
+    let (st, v) = commit(&s, &tb, &up, &ids[0]).await;
+    assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "policy.no_role"), "{v}");
+    let (_, list) = s.get("/api/v1/vaults/prod/snapshots", Some(&to)).await;
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 1, "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decompression_bomb_and_an_upload_flood_are_refused_before_memory_is_spent() {
+    let (s, to, ..) = restore_fixture().await;
+    let up = open_backup(&s, &to, "prod").await;
+    // 2 GiB of zeros in a few KiB, declared as one chunk.
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 19).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..2048 {
+        std::io::Write::write_all(&mut enc, &zeros).unwrap();
+    }
+    let bomb = enc.finish().unwrap();
+    assert!(bomb.len() < 200_000, "{}", bomb.len());
+    for kind in [0u8, 1] {
+        let mut batch = Vec::new();
+        batch_entry(&mut batch, &repo::Id([7; 32]), kind, true, u32::MAX, &bomb);
+        let (st, v) = send_batch(&s, &to, &up, batch).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    }
+    // A user may hold only so many sessions open.
+    let mut n = 1;
+    loop {
+        let (st, v) = s.post("/api/v1/vaults/prod/backups", json!({}), Some(&to)).await;
+        if st != StatusCode::OK {
+            assert_eq!((st, code(&v)), (StatusCode::TOO_MANY_REQUESTS, "backup.too_many_sessions"), "{v}");
+            break;
+        }
+        n += 1;
+        assert!(n <= server::backups::MAX_SESSIONS_PER_USER, "no cap on open sessions");
+    }
+    // A batch larger than the limit is refused from its Content-Length, before a byte of it
+    // is read (raw HTTP: the headers alone, no body follows).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = s.base.trim_start_matches("http://").replace("localhost", "127.0.0.1");
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/backups/{}/chunks HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {to}\r\nContent-Length: {}\r\n\r\n",
+        up.id,
+        server::backups::MAX_BATCH + 1
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = conn.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
