@@ -275,6 +275,13 @@ pub(crate) async fn whoami(server: Option<&str>, token: Option<&str>, json: bool
             me["user_id"].as_str().unwrap_or("?"),
             roles.join(", ")
         );
+        for n in me["notices"].as_array().into_iter().flatten() {
+            eprintln!(
+                "warning: a passkey named {:?} was added to your account (unix time {}) after this login; if that was not you, revoke it in the console under My passkeys",
+                n["credential"].as_str().unwrap_or("?"),
+                n["at"]
+            );
+        }
     }
     Ok(())
 }

@@ -90,6 +90,31 @@ pub fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Makes the sign-in options for a named user look the same whether or not the user exists
+/// (WebAuthn Level 3, §14.6.2 "Username Enumeration"): an unknown name, or a user without an
+/// active passkey, gets one or two plausible credential ids derived from a keyed hash of the
+/// name (stable across requests, so repeating the query reveals nothing either), and transport
+/// hints are dropped from every list so real and decoy entries have the same shape. `key` is a
+/// server secret.
+pub fn disguise_allow_list(rcr: &mut RequestChallengeResponse, key: &[u8; 32], username: &str) {
+    let list = &mut rcr.public_key.allow_credentials;
+    for c in list.iter_mut() {
+        c.transports = None;
+    }
+    if !list.is_empty() {
+        return;
+    }
+    let mut xof = blake3::Hasher::new_keyed(key).update(username.as_bytes()).finalize_xof();
+    let mut head = [0u8; 2];
+    xof.fill(&mut head);
+    for _ in 0..1 + usize::from(head[0] % 2) {
+        // Lengths that authenticators use: 16 (platform passkeys) to 64 bytes (security keys).
+        let mut id = vec![0u8; [16, 32, 48, 64][usize::from(head[1] % 4)]];
+        xof.fill(&mut id);
+        list.push(webauthn_rs_core::proto::AllowCredentials { type_: "public-key".into(), id, transports: None });
+    }
+}
+
 fn map_err(e: WebauthnError) -> IdentityError {
     use WebauthnError as W;
     match e {

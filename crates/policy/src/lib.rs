@@ -541,6 +541,17 @@ pub fn decide(
     }
 }
 
+/// Adding an authenticator to one's own account is a step-up operation: the passkey sign-in
+/// behind the request must be at most [`ADMIN_MAX_AGE`] old, with user verification. (A
+/// refreshed token keeps its session's original sign-in time, so a stolen refresh token is
+/// not enough.)
+pub fn decide_credential_add(auth: &AuthContext, now: i64) -> Decision {
+    if !auth.user_verified || now - auth.auth_time > ADMIN_MAX_AGE {
+        return Decision::StepUp { acr_values: "phr phrh".into(), max_age: ADMIN_MAX_AGE };
+    }
+    Decision::Allow
+}
+
 /// One use of an approved restore (its grant, or the server's own job): allowed only while the
 /// requester still holds a role that may request restores from the vault, the approver still
 /// holds one that may approve them, and the approval still satisfies the vault's *current*

@@ -203,6 +203,12 @@ struct KdfFile {
 const CHECK_AAD: &[u8] = b"strongroom master check v1";
 
 impl MasterKey {
+    /// A key for another purpose, derived from this one (BLAKE3 `derive_key` with `context`,
+    /// a fixed string naming the purpose): the master key itself is never used twice.
+    pub fn derive(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, self.0.expose())
+    }
+
     /// The key from 64 hex digits.
     pub fn from_hex(text: &str) -> Result<MasterKey> {
         let mut k = [0u8; 32];

@@ -40,7 +40,9 @@ async function api(path, body, method) {
   }
   if (!res.ok) {
     const err = (data && data.error) || {};
-    throw new Error(err.message || ("request failed: " + res.status));
+    const e = new Error(err.message || ("request failed: " + res.status));
+    e.code = err.code;
+    throw e;
   }
   return data;
 }
@@ -157,9 +159,17 @@ async function startConditional() {
   }
 }
 
+// Where to go after signing in: the server already checked `next` (data-next); the page
+// checks again by parsing it as a URL and keeping it only on this origin.
 function nextTarget() {
-  const n = new URLSearchParams(location.search).get("next");
-  return n && n.startsWith("/") && !n.startsWith("//") ? n : "/vaults";
+  const n = document.body.dataset.next || new URLSearchParams(location.search).get("next") || "";
+  try {
+    const u = new URL(n, location.origin);
+    if (u.origin === location.origin && (u.protocol === "http:" || u.protocol === "https:")) {
+      return u.pathname + u.search;
+    }
+  } catch (_) {}
+  return "/vaults";
 }
 
 async function loadCredentials() {
@@ -241,7 +251,17 @@ document.addEventListener("DOMContentLoaded", () => {
   } else if (page === "credentials") {
     loadCredentials().catch((e) => status(e.message, true));
     document.getElementById("add").onclick = run(async () => {
-      const link = await api("/api/v1/me/credentials/add", {});
+      let link;
+      try {
+        link = await api("/api/v1/me/credentials/add", {});
+      } catch (e) {
+        if (e.code !== "auth.insufficient_user_authentication") throw e;
+        // Adding a passkey needs a fresh passkey sign-in: confirm with one you already have.
+        status("Confirm with one of your passkeys first…");
+        const me = await api("/api/v1/me", undefined, "GET");
+        await signIn(me.username);
+        link = await api("/api/v1/me/credentials/add", {});
+      }
       location.assign(link.url);
     });
   }

@@ -518,6 +518,14 @@ document.addEventListener("DOMContentLoaded", () => {
       const hide = (href, yes) => { const a = document.querySelector(`nav a[href="${href}"]`); if (a) a.hidden = yes; };
       hide("/users", !has("owner", "security-admin"));
       hide("/audit", !has("owner", "security-admin", "auditor"));
+      // A passkey added to this account since this session began: say so on every page.
+      for (const n of me.notices || []) {
+        const p = document.createElement("p");
+        p.className = "status error";
+        p.setAttribute("role", "alert");
+        p.textContent = `A passkey named "${n.credential}" was added to your account at ${new Date(n.at * 1000).toLocaleString()}. If that was not you, revoke it under My passkeys.`;
+        document.querySelector("main").prepend(p);
+      }
     }).catch(() => {});
   }
   const logout = document.getElementById("nav-logout");

@@ -273,12 +273,39 @@ pub(crate) async fn enroll_page(Path(token): Path<String>) -> Response {
     )
 }
 
+#[derive(Deserialize)]
+pub(crate) struct LoginQuery {
+    #[serde(default)]
+    next: String,
+}
+
+/// Where to go after signing in: `next` parsed as a URL against the server's public URL and
+/// kept only if it stays on the server's own origin (so `/\evil.example/x`, `//evil.example`,
+/// `https://evil.example` and `javascript:` all fall back to `/vaults`); returned as a path.
+pub fn safe_next(public: &url::Url, next: &str) -> String {
+    let fallback = "/vaults".to_string();
+    if next.is_empty() || next.len() > 2048 || next.chars().any(|c| c.is_control()) {
+        return fallback;
+    }
+    match public.join(next) {
+        Ok(u) if u.origin() == public.origin() && matches!(u.scheme(), "http" | "https") => {
+            let mut out = u.path().to_string();
+            if let Some(q) = u.query() {
+                out.push('?');
+                out.push_str(q);
+            }
+            out
+        }
+        _ => fallback,
+    }
+}
+
 /// `GET /login`
-pub(crate) async fn login_page() -> Response {
+pub(crate) async fn login_page(State(state): State<Arc<AppState>>, Query(q): Query<LoginQuery>) -> Response {
     page(
         "Sign in",
         "login",
-        "",
+        &format!(r#"data-next="{}""#, esc(&safe_next(state.rp.origin(), &q.next))),
         r#"<p><label for="username">User name (optional with a discoverable passkey)</label><br>
 <input id="username" autocomplete="username webauthn"></p>
 <button id="signin" type="button">Sign in with a passkey</button>"#,
@@ -462,4 +489,26 @@ pub(crate) async fn credentials_page(State(state): State<Arc<AppState>>, headers
 /// `GET /`
 pub(crate) async fn index() -> Redirect {
     Redirect::to("/vaults")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_stays_on_the_servers_origin() {
+        let public = url::Url::parse("http://localhost:8440").unwrap();
+        for bad in [
+            "/\\evil.example/x",
+            "//evil.example",
+            "https://evil.example/",
+            "javascript:alert(1)",
+            "http://localhost:8441/x",
+            "",
+        ] {
+            assert_eq!(safe_next(&public, bad), "/vaults", "{bad}");
+        }
+        assert_eq!(safe_next(&public, "/approvals/x?y=1"), "/approvals/x?y=1");
+        assert_eq!(safe_next(&public, "http://localhost:8440/vaults/prod"), "/vaults/prod");
+    }
 }

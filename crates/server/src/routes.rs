@@ -295,18 +295,22 @@ pub(crate) struct LoginStart {
 
 /// `POST /api/v1/auth/login/start`
 pub(crate) async fn login_start(State(state): St, body: Option<Json<LoginStart>>) -> ApiResult<Json<StartResponse>> {
-    let username = body.and_then(|b| b.0.username).filter(|u| !u.is_empty());
-    let (creds, user_id) = match username {
+    let username = body.and_then(|b| b.0.username).filter(|u| !u.is_empty() && u.len() <= 256);
+    let (creds, user_id) = match &username {
         Some(name) => {
-            // An unknown user gets a ceremony that no credential can finish: no user enumeration.
-            match state.store.user_by_name(&name).await? {
+            // An unknown user gets a ceremony that no credential can finish, with decoy
+            // credential ids that look like a real user's: no user enumeration.
+            match state.store.user_by_name(name).await? {
                 Some(u) => (active_credentials(&state, &u.id).await?, Some(u.id)),
                 None => (Vec::new(), Some(String::new())),
             }
         }
         None => (Vec::new(), None),
     };
-    let (rcr, auth_state) = state.rp.start_authentication(creds)?;
+    let (mut rcr, auth_state) = state.rp.start_authentication(creds)?;
+    if let Some(name) = &username {
+        identity::passkey::disguise_allow_list(&mut rcr, &state.master_key.derive("strongroom login decoys v1"), name);
+    }
     let id = put_ceremony(
         &state,
         "login",
@@ -382,7 +386,24 @@ pub(crate) async fn verify_assertion(
             credential.counter = v.counter;
             credential.backup_state = v.backup_state;
             let json = serde_json::to_string(&credential).map_err(internal)?;
-            state.store.record_credential_use(&record.id, i64::from(v.counter), v.backup_state, &json, now).await?;
+            // Compare-and-set on the counter this assertion was checked against: of two
+            // concurrent assertions only one counts, and the stored counter never goes back.
+            match state
+                .store
+                .record_credential_use(&record.id, record.counter, i64::from(v.counter), v.backup_state, &json, now)
+                .await
+            {
+                Ok(()) => {}
+                Err(store::StoreError::Stale(_)) => {
+                    refuse("signature counter changed by a concurrent assertion".into()).await?;
+                    return Err(ApiError::refused(
+                        "webauthn.counter_race",
+                        axum::http::StatusCode::UNAUTHORIZED,
+                        "another assertion of this passkey was accepted at the same moment; try again",
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
             let strength = Strength { hardware: record.attestation_trusted, user_verified: v.user_verified };
             Ok((user, record, strength))
         }
@@ -498,10 +519,20 @@ pub(crate) async fn me(State(state): St, p: Principal) -> ApiResult<Json<serde_j
             None => serde_json::json!({"role": r.role}),
         })
         .collect();
+    // Passkeys added to the account since this session began: every other session of the
+    // account says so (the console on each page, `strongroom whoami`).
+    let notices: Vec<serde_json::Value> = state
+        .store
+        .credentials_of(&p.user.id)
+        .await?
+        .iter()
+        .filter(|c| c.created_at > p.session.created_at && c.revoked_at.is_none())
+        .map(|c| serde_json::json!({"kind": "credential_added", "credential": c.name, "credential_id": c.id, "at": c.created_at}))
+        .collect();
     Ok(Json(serde_json::json!({
         "user_id": p.user.id, "username": p.user.username, "roles": roles,
         "amr": serde_json::from_str::<serde_json::Value>(&p.session.amr).unwrap_or_default(), "acr": p.session.acr,
-        "auth_time": p.session.auth_time,
+        "auth_time": p.session.auth_time, "notices": notices,
     })))
 }
 
@@ -593,7 +624,24 @@ pub(crate) async fn revoke_credential(State(state): St, p: Principal, Path(id): 
 }
 
 /// `POST /api/v1/me/credentials/add`: a one-time link for adding another authenticator.
+/// A step-up operation: a stolen refresh token (whose session's passkey sign-in is old) cannot
+/// add the thief's authenticator.
 pub(crate) async fn add_credential_link(State(state): St, p: Principal) -> ApiResult<Json<serde_json::Value>> {
+    match policy::decide_credential_add(&crate::vaults::auth_context(&p), state.clock.now()) {
+        policy::Decision::Allow => {}
+        policy::Decision::StepUp { acr_values, max_age } => {
+            audit(
+                &state,
+                "credential.add",
+                &p.user.username,
+                "step_up",
+                serde_json::json!({"reason": "insufficient_user_authentication"}),
+            )
+            .await?;
+            return Err(ApiError::StepUp { acr_values, max_age });
+        }
+        other => return Err(ApiError::Internal(format!("unexpected decision {other:?}"))),
+    }
     let url = create_enroll_link(&state, &p.user.username, "", None, Some(p.user.id.clone()), &p.user.username).await?;
     Ok(Json(serde_json::json!({ "url": url })))
 }

@@ -365,3 +365,114 @@ async fn a_decompression_bomb_and_an_upload_flood_are_refused_before_memory_is_s
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_redirect_after_sign_in_never_leaves_the_server() {
+    let s = spawn().await;
+    for (next, want) in [
+        ("/%5Cevil.example/x", "/vaults"),
+        ("//evil.example/x", "/vaults"),
+        ("https://evil.example/x", "/vaults"),
+        ("javascript:alert(1)", "/vaults"),
+        ("/approvals/abc?x=1", "/approvals/abc?x=1"),
+        (&format!("{}/vaults/prod", s.base), "/vaults/prod"),
+    ] {
+        let html = s.http.get(format!("{}/login?next={next}", s.base)).send().await.unwrap().text().await.unwrap();
+        let want = format!("data-next=\"{}\"", want.replace('&', "&amp;"));
+        assert!(html.contains(&want), "{next}: {}", html.lines().find(|l| l.contains("data-next")).unwrap_or(""));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_start_does_not_tell_existing_users_from_unknown_ones() {
+    let s = spawn().await;
+    let mut owner = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut owner, &s.first_link().await).await.0, StatusCode::OK);
+    let shape = |v: &Value| {
+        let list = v["options"]["publicKey"]["allowCredentials"].as_array().unwrap().clone();
+        assert!(!list.is_empty(), "an empty allow list tells the name is unknown: {v}");
+        for c in &list {
+            let keys: Vec<&String> = c.as_object().unwrap().keys().collect();
+            assert_eq!(keys, vec!["id", "type"], "every entry has the same shape: {c}");
+        }
+        list
+    };
+    shape(&s.login_start(Some("owner")).await);
+    let a = shape(&s.login_start(Some("nobody")).await);
+    let b = shape(&s.login_start(Some("nobody")).await);
+    assert_eq!(a, b, "decoys are stable: asking twice reveals nothing");
+    assert_ne!(a, shape(&s.login_start(Some("somebody-else")).await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_session_cannot_add_a_passkey_without_a_fresh_sign_in_and_other_sessions_are_told() {
+    let s = spawn().await;
+    let mut owner = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut owner, &s.first_link().await).await.0, StatusCode::OK);
+    // Session A: a browser (its own cookie jar) that signed in with a passkey.
+    let browser = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    let start = s.login_start(Some("owner")).await;
+    let pkc = owner.assert(&s.base, serde_json::from_value(start["options"].clone()).unwrap()).unwrap();
+    let resp = browser
+        .post(format!("{}/api/v1/auth/login/finish", s.base))
+        .json(&json!({"ceremony_id": start["ceremony_id"], "credential": pkc}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Its passkey sign-in grows old, as a stolen session's or refresh token's does.
+    s.state.clock.advance(policy::ADMIN_MAX_AGE + 60);
+    let resp = browser.post(format!("{}/api/v1/me/credentials/add", s.base)).json(&json!({})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let challenge = resp.headers()[reqwest::header::WWW_AUTHENTICATE].to_str().unwrap().to_string();
+    assert!(challenge.contains("insufficient_user_authentication"), "{challenge}");
+    let (_, me) = s.get("/api/v1/me", Some(&s.token(&mut owner, Some("owner")).await)).await;
+    assert_eq!(me["notices"], json!([]));
+    // After a fresh passkey sign-in it works; session A is then told.
+    let fresh = s.token(&mut owner, Some("owner")).await;
+    let (st, link) = s.post("/api/v1/me/credentials/add", json!({}), Some(&fresh)).await;
+    assert_eq!(st, StatusCode::OK, "{link}");
+    s.state.clock.advance(5);
+    let mut second = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut second, link["url"].as_str().unwrap()).await.0, StatusCode::OK);
+    let me: Value = browser.get(format!("{}/api/v1/me", s.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["notices"].as_array().map(Vec::len), Some(1), "{me}");
+    assert_eq!(me["notices"][0]["kind"], "credential_added");
+    let kinds = s.audit_kinds().await;
+    assert!(kinds.iter().any(|k| k == "credential.add"), "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_assertions_never_move_the_stored_counter_backwards() {
+    let s = spawn().await;
+    let mut owner = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut owner, &s.first_link().await).await.0, StatusCode::OK);
+    let cred_id =
+        s.state.store.credentials_of(&s.state.store.user_by_name("owner").await.unwrap().unwrap().id).await.unwrap()[0]
+            .id
+            .clone();
+    let counter_of = |pkc: &webauthn_rs_proto::PublicKeyCredential| {
+        let d: &[u8] = pkc.response.authenticator_data.as_ref();
+        i64::from(u32::from_be_bytes([d[33], d[34], d[35], d[36]]))
+    };
+    for _ in 0..5 {
+        let (a, b) = (s.login_start(Some("owner")).await, s.login_start(Some("owner")).await);
+        let pa = owner.assert(&s.base, serde_json::from_value(a["options"].clone()).unwrap()).unwrap();
+        let pb = owner.assert(&s.base, serde_json::from_value(b["options"].clone()).unwrap()).unwrap();
+        let (ca, cb) = (counter_of(&pa), counter_of(&pb));
+        assert!(ca < cb);
+        let finish = |start: &Value, pkc| {
+            s.post("/api/v1/auth/login/finish", json!({"ceremony_id": start["ceremony_id"], "credential": pkc}), None)
+        };
+        let ((sa, va), (sb, vb)) = tokio::join!(finish(&a, pa), finish(&b, pb));
+        let stored = s.state.store.credential(&cred_id).await.unwrap().unwrap();
+        if stored.locked_at.is_some() {
+            // The lower counter arrived after the higher one was stored: treated as a clone.
+            break;
+        }
+        // Whatever was accepted, the stored counter is at least the highest accepted one.
+        let best = [(sa, ca), (sb, cb)].iter().filter(|(st, _)| *st == StatusCode::OK).map(|(_, c)| *c).max();
+        assert!(best.is_some(), "{va} {vb}");
+        assert!(stored.counter >= best.unwrap(), "stored counter {} went below accepted {best:?}", stored.counter);
+    }
+}

@@ -101,12 +101,16 @@ impl Store {
     }
 
     /// Records a successful assertion: the new signature counter, backup state and serialised
-    /// credential, and the time of use. Refused with `Conflict` if the credential was revoked or
-    /// locked in the meantime (so a sign-in racing a revocation fails), `NotFound` if it does not
-    /// exist. Whether the counter is acceptable is the caller's decision, made before this call.
+    /// credential, and the time of use — only if the stored counter is still `previous`, the
+    /// value the caller checked the assertion against (compare-and-set: of two concurrent
+    /// assertions only one is recorded, and the stored counter never goes backwards). Refused
+    /// with `Stale` when the counter changed meanwhile, `Conflict` if the credential was revoked
+    /// or locked in the meantime (so a sign-in racing a revocation fails), `NotFound` if it does
+    /// not exist. Whether the counter is acceptable is the caller's decision, made before this call.
     pub async fn record_credential_use(
         &self,
         id: &str,
+        previous: i64,
         counter: i64,
         backup_state: bool,
         credential_json: &str,
@@ -114,18 +118,22 @@ impl Store {
     ) -> Result<()> {
         let done = sqlx::query(
             "UPDATE credentials SET counter = $2, backup_state = $3, credential_json = $4, last_used_at = $5 \
-             WHERE id = $1 AND revoked_at IS NULL AND locked_at IS NULL",
+             WHERE id = $1 AND revoked_at IS NULL AND locked_at IS NULL AND counter = $6",
         )
         .bind(id)
         .bind(counter)
         .bind(i64::from(backup_state))
         .bind(credential_json)
         .bind(now)
+        .bind(previous)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
             return Err(match self.credential(id).await? {
                 None => StoreError::NotFound(format!("credential {id}")),
+                Some(c) if c.revoked_at.is_none() && c.locked_at.is_none() => {
+                    StoreError::Stale(format!("the signature counter of credential {id} changed meanwhile"))
+                }
                 Some(_) => StoreError::Conflict(format!("credential {id} is revoked or locked")),
             });
         }

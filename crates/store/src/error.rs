@@ -11,6 +11,9 @@ pub enum StoreError {
     /// the last active credential, a refresh token for a revoked session).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The row changed since the caller read it (a compare-and-set lost a race).
+    #[error("changed meanwhile: {0}")]
+    Stale(String),
     /// The row the operation is about (or one it refers to) does not exist.
     #[error("not found: {0}")]
     NotFound(String),

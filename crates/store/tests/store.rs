@@ -517,18 +517,21 @@ async fn recording_a_use_updates_counter_state_and_time_but_not_for_locked_crede
     let (_dir, store) = open().await;
     alice(&store).await;
     store.insert_credential(&credential("c2", "u1", NOW + 1)).await.unwrap();
-    store.record_credential_use("c1", 7, true, "{\"cred\":\"updated\"}", NOW + 30).await.unwrap();
+    store.record_credential_use("c1", 0, 7, true, "{\"cred\":\"updated\"}", NOW + 30).await.unwrap();
+    // A concurrent assertion checked against the old counter loses the compare-and-set.
+    let err = store.record_credential_use("c1", 0, 6, true, "{}", NOW + 31).await.unwrap_err();
+    assert!(matches!(err, StoreError::Stale(_)), "{err:?}");
     let c1 = store.credential("c1").await.unwrap().unwrap();
     assert_eq!((c1.counter, c1.backup_state, c1.last_used_at), (7, true, Some(NOW + 30)));
     assert_eq!(c1.credential_json, "{\"cred\":\"updated\"}");
 
     store.lock_credential("c1", "counter regression", NOW + 40).await.unwrap();
-    let err = store.record_credential_use("c1", 8, true, "{}", NOW + 50).await.unwrap_err();
+    let err = store.record_credential_use("c1", 7, 8, true, "{}", NOW + 50).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     assert_eq!(store.credential("c1").await.unwrap().unwrap().counter, 7);
     // With c1 locked, c2 is the last active credential.
     assert!(matches!(store.revoke_credential("c2", NOW + 60).await, Err(StoreError::Conflict(_))));
-    assert!(matches!(store.record_credential_use("zz", 1, false, "{}", NOW).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(store.record_credential_use("zz", 0, 1, false, "{}", NOW).await, Err(StoreError::NotFound(_))));
 }
 
 #[tokio::test]
