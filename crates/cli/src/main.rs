@@ -236,6 +236,21 @@ struct ServerArgs {
     /// granting Owner or Security Admin, removing a Security Admin.
     #[arg(long, env = "STRONGROOM_CRITICAL_APPROVALS")]
     critical_approvals: Option<u32>,
+    /// Requests per minute one client address may make to the endpoints that need no sign-in
+    /// (sign-in, enrollment, device authorization, token); more are answered 429 with
+    /// Retry-After [default: 300]. Each account also gets 60 attempts a minute.
+    #[arg(long, env = "STRONGROOM_RATE_LIMIT")]
+    rate_limit: Option<u32>,
+    /// Serve /metrics without a token (default: an Owner's, Security Admin's or Auditor's
+    /// token is needed). For a Prometheus that cannot send one.
+    #[arg(long, env = "STRONGROOM_OPEN_METRICS")]
+    #[serde(default)]
+    open_metrics: bool,
+    /// Accept passkey assertions made in a cross-origin iframe (client data `crossOrigin:
+    /// true`); their `topOrigin` must still be this server's origin. Off by default.
+    #[arg(long, env = "STRONGROOM_ALLOW_CROSS_ORIGIN")]
+    #[serde(default)]
+    allow_cross_origin: bool,
 }
 
 /// Settings after merging flags, environment, config file and defaults.
@@ -251,6 +266,9 @@ struct Settings {
     master_key_source: String,
     master_passphrase_file: Option<PathBuf>,
     critical_approvals: u32,
+    rate_limit: u32,
+    open_metrics: bool,
+    allow_cross_origin: bool,
 }
 
 impl ServerArgs {
@@ -290,6 +308,9 @@ impl ServerArgs {
             master_key_source: self.master_key_source.or(file.master_key_source).unwrap_or_else(|| "file".to_string()),
             master_passphrase_file: self.master_passphrase_file.or(file.master_passphrase_file),
             critical_approvals: self.critical_approvals.or(file.critical_approvals).unwrap_or(1),
+            rate_limit: self.rate_limit.or(file.rate_limit).unwrap_or(server::limits::DEFAULT_PER_ADDRESS_PER_MINUTE),
+            open_metrics: self.open_metrics || file.open_metrics,
+            allow_cross_origin: self.allow_cross_origin || file.allow_cross_origin,
         })
     }
 }
@@ -917,6 +938,10 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         access_token_seconds: args.access_token_seconds,
         checkpoint_packs: args.checkpoint_packs,
         critical_approvals: args.critical_approvals,
+        rate_limit_per_minute: args.rate_limit,
+        behind_proxy: args.behind_proxy,
+        open_metrics: args.open_metrics,
+        allow_cross_origin: args.allow_cross_origin,
         master: master_source(&args.data_dir, &args.master_key_source, args.master_passphrase_file.as_deref())?,
         ..server::ServerConfig::new(args.data_dir.clone(), args.public_url.clone())
     };

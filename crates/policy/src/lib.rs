@@ -388,6 +388,9 @@ fn holds(principal: &Principal, resource: &Resource<'_>, f: impl Fn(Role) -> boo
 pub struct ApprovalFacts<'a> {
     /// Who requested the restore or critical operation being approved.
     pub requester_id: &'a str,
+    /// The approver's account or approving credential was enrolled from a link the requester
+    /// created: they do not count as another person for the requester's operations.
+    pub introduced_by_requester: bool,
 }
 
 /// A change that may weaken a vault or who controls it.
@@ -510,6 +513,9 @@ pub fn decide(
             if approval.is_some_and(|a| a.requester_id == principal.user_id) {
                 return Decision::Deny { reason: DenyReason::SelfApproval };
             }
+            if approval.is_some_and(|a| a.introduced_by_requester) {
+                return Decision::Deny { reason: DenyReason::InvitedByRequester };
+            }
             if now - auth.auth_time > ADMIN_MAX_AGE {
                 return Decision::Deny { reason: DenyReason::ApprovalTooOld };
             }
@@ -521,6 +527,9 @@ pub fn decide(
             };
             if policy.distinct_approver && approval.is_some_and(|a| a.requester_id == principal.user_id) {
                 return Decision::Deny { reason: DenyReason::SelfApproval };
+            }
+            if policy.distinct_approver && approval.is_some_and(|a| a.introduced_by_requester) {
+                return Decision::Deny { reason: DenyReason::InvitedByRequester };
             }
             if policy.require_hardware && !auth.hardware {
                 return Decision::Deny { reason: DenyReason::HardwareRequired };
@@ -616,7 +625,7 @@ mod tests {
             (Role::Auditor, "A--------A---", "A--------A---"),
             (Role::SecurityAdmin, "A------AAA-AA", "A------AAA-AA"),
         ];
-        let requester = ApprovalFacts { requester_id: "someone-else" };
+        let requester = ApprovalFacts { requester_id: "someone-else", introduced_by_requester: false };
         for (role, soft, hard) in table {
             for (hardware, row) in [(false, soft), (true, hard)] {
                 for (op, want) in Operation::ALL.iter().zip(row.chars()) {
@@ -664,7 +673,7 @@ mod tests {
         let prod = VaultPolicy::default_for(VaultKind::Production);
         let test = VaultPolicy::default_for(VaultKind::Test);
         let p = principal(Role::RestoreOperator, Scope::Vault("v".into()));
-        let own = ApprovalFacts { requester_id: "u1" };
+        let own = ApprovalFacts { requester_id: "u1", introduced_by_requester: false };
         let v = Resource::Vault { name: "v", policy: &prod };
         assert_eq!(
             decide(&p, &auth(false, 0), Operation::RestoreApprove, &v, Some(&own), NOW),
@@ -672,7 +681,7 @@ mod tests {
         );
         let t = Resource::Vault { name: "v", policy: &test };
         assert_eq!(decide(&p, &auth(false, 0), Operation::RestoreApprove, &t, Some(&own), NOW), Decision::Allow);
-        let other = ApprovalFacts { requester_id: "u2" };
+        let other = ApprovalFacts { requester_id: "u2", introduced_by_requester: false };
         assert_eq!(
             decide(&p, &auth(false, prod.approval_max_age + 1), Operation::RestoreApprove, &v, Some(&other), NOW),
             Decision::Deny { reason: DenyReason::ApprovalTooOld }
@@ -731,8 +740,8 @@ mod tests {
     fn critical_approvals_need_a_security_admin_other_than_the_requester() {
         let vp = VaultPolicy::default_for(VaultKind::Test);
         let v = Resource::Vault { name: "v", policy: &vp };
-        let other = ApprovalFacts { requester_id: "u2" };
-        let own = ApprovalFacts { requester_id: "u1" };
+        let other = ApprovalFacts { requester_id: "u2", introduced_by_requester: false };
+        let own = ApprovalFacts { requester_id: "u1", introduced_by_requester: false };
         let sa = principal(Role::SecurityAdmin, Scope::Server);
         assert_eq!(decide(&sa, &auth(false, 0), Operation::CriticalApprove, &v, Some(&other), NOW), Decision::Allow);
         assert_eq!(
@@ -790,5 +799,24 @@ mod tests {
         let test = VaultPolicy::default_for(VaultKind::Test);
         let test_vault = Resource::Vault { name: "prod", policy: &test };
         assert_eq!(decide_grant_use(&both, &both, &auth(false, 0), &test_vault), Decision::Allow);
+    }
+
+    #[test]
+    fn an_approver_the_requester_enrolled_is_not_another_person() {
+        let prod = VaultPolicy::default_for(VaultKind::Production);
+        let vault = Resource::Vault { name: "prod", policy: &prod };
+        let approver = principal(Role::RestoreOperator, Scope::Server);
+        let sa = principal(Role::SecurityAdmin, Scope::Server);
+        let facts = ApprovalFacts { requester_id: "u2", introduced_by_requester: true };
+        let deny = Decision::Deny { reason: DenyReason::InvitedByRequester };
+        assert_eq!(decide(&approver, &auth(false, 0), Operation::RestoreApprove, &vault, Some(&facts), NOW), deny);
+        assert_eq!(decide(&sa, &auth(false, 0), Operation::CriticalApprove, &vault, Some(&facts), NOW), deny);
+        let test = VaultPolicy::default_for(VaultKind::Test);
+        let test_vault = Resource::Vault { name: "t", policy: &test };
+        assert_eq!(
+            decide(&approver, &auth(false, 0), Operation::RestoreApprove, &test_vault, Some(&facts), NOW),
+            Decision::Allow,
+            "a vault without the two-person rule does not care who enrolled whom"
+        );
     }
 }

@@ -215,15 +215,18 @@ async fn may_approve(
     a: &store::Approval,
     policy: &VaultPolicy,
     auth: &policy::AuthContext,
+    credential: Option<&str>,
 ) -> ApiResult<()> {
     let principal = policy_principal(state, &p.user.id).await?;
     let resource = Resource::Vault { name: &a.vault, policy };
+    let introduced_by_requester =
+        crate::vaults::introduced_by_requester(state, &p.user.id, credential, &a.requester_id).await?;
     let decision = policy::decide(
         &principal,
         auth,
         Operation::RestoreApprove,
         &resource,
-        Some(&ApprovalFacts { requester_id: &a.requester_id }),
+        Some(&ApprovalFacts { requester_id: &a.requester_id, introduced_by_requester }),
         state.clock.now(),
     );
     let (outcome, reason) = match &decision {
@@ -274,7 +277,7 @@ pub(crate) async fn start(
     } else {
         let policy = vault_policy(&state, &a.vault).await?;
         let provisional = policy::AuthContext { hardware: true, user_verified: true, auth_time: state.clock.now() };
-        may_approve(&state, &p, &a, &policy, &provisional).await?;
+        may_approve(&state, &p, &a, &policy, &provisional, None).await?;
     }
     let creds = crate::routes::active_credentials(&state, &p.user.id).await?;
     let mut nonce = [0u8; 32];
@@ -323,7 +326,8 @@ pub(crate) async fn finish(
     }
     let now = state.clock.now();
     pending(&a, now)?;
-    let (user, record, strength) = verify_assertion(&state, &c, &body.credential, kind).await?;
+    let (user, record, strength) = verify_assertion(&state, &c, &body.credential, kind, None).await?;
+    let credential_id = record.id.clone();
     let r = &body.credential.response;
     let b64 = identity::passkey::b64url;
     let evidence = serde_json::json!({
@@ -352,12 +356,12 @@ pub(crate) async fn finish(
         },
     });
     if a.kind == "critical" {
-        return crate::critical::vote(&state, &p, &a, &strength, evidence, record).await;
+        return crate::critical::vote(&state, &p, &a, &strength, &credential_id, evidence, record).await;
     }
     let policy = vault_policy(&state, &a.vault).await?;
     let auth =
         policy::AuthContext { hardware: strength.hardware, user_verified: strength.user_verified, auth_time: now };
-    may_approve(&state, &p, &a, &policy, &auth).await?;
+    may_approve(&state, &p, &a, &policy, &auth, Some(&credential_id)).await?;
     if !state.store.decide_approval(&a.id, &a.digest, true, &user.id, &evidence.to_string(), now).await? {
         return Err(ApiError::Conflict("this approval was decided meanwhile".into()));
     }

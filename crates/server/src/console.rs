@@ -100,7 +100,7 @@ pub(crate) async fn inbox(State(state): St, p: Principal) -> ApiResult<Json<Valu
             Some(pol) => Resource::Vault { name: &a.vault, policy: pol },
             None => Resource::Server,
         };
-        let facts = policy::ApprovalFacts { requester_id: &a.requester_id };
+        let facts = policy::ApprovalFacts { requester_id: &a.requester_id, introduced_by_requester: false };
         let op = if a.kind == "critical" { Operation::CriticalApprove } else { Operation::RestoreApprove };
         let voted = a.kind == "critical" && state.store.votes(&a.id).await?.iter().any(|v| v.user_id == p.user.id);
         // The policy says whether the requester may approve their own restore (test vaults);

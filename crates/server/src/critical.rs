@@ -687,6 +687,7 @@ pub(crate) async fn may_approve(
     p: &Principal,
     a: &store::Approval,
     auth: &policy::AuthContext,
+    credential: Option<&str>,
 ) -> ApiResult<()> {
     let policy = resource_policy(state, a).await?;
     let resource = match &policy {
@@ -699,7 +700,16 @@ pub(crate) async fn may_approve(
         auth,
         Operation::CriticalApprove,
         &resource,
-        Some(&policy::ApprovalFacts { requester_id: &a.requester_id }),
+        Some(&policy::ApprovalFacts {
+            requester_id: &a.requester_id,
+            introduced_by_requester: crate::vaults::introduced_by_requester(
+                state,
+                &p.user.id,
+                credential,
+                &a.requester_id,
+            )
+            .await?,
+        }),
         state.clock.now(),
     );
     let reason = match &decision {
@@ -734,7 +744,7 @@ pub(crate) async fn may_vote(state: &AppState, p: &Principal, a: &store::Approva
         return Ok(());
     }
     let fresh = policy::AuthContext { hardware: true, user_verified: true, auth_time: state.clock.now() };
-    may_approve(state, p, a, &fresh).await
+    may_approve(state, p, a, &fresh, None).await
 }
 
 /// Records a verified vote (the assertion was checked against the operation's digest by the
@@ -745,6 +755,7 @@ pub(crate) async fn vote(
     p: &Principal,
     a: &store::Approval,
     strength: &identity::Strength,
+    credential: &str,
     evidence: Value,
     record: Value,
 ) -> ApiResult<Json<Value>> {
@@ -753,7 +764,7 @@ pub(crate) async fn vote(
     let auth =
         policy::AuthContext { hardware: strength.hardware, user_verified: strength.user_verified, auth_time: now };
     if role == "approver" {
-        may_approve(state, p, a, &auth).await?;
+        may_approve(state, p, a, &auth, Some(credential)).await?;
     } else if !strength.user_verified {
         audit(
             state,
@@ -801,7 +812,7 @@ pub(crate) async fn may_deny(state: &AppState, p: &Principal, a: &store::Approva
         return Ok(());
     }
     let fresh = policy::AuthContext { hardware: true, user_verified: true, auth_time: state.clock.now() };
-    may_approve(state, p, a, &fresh).await
+    may_approve(state, p, a, &fresh, None).await
 }
 
 /// Who may see a critical request: the requester, anyone who may approve it, auditors.

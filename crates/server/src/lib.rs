@@ -11,6 +11,7 @@ pub mod backups;
 pub mod console;
 pub mod critical;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod pages;
 pub mod retention;
@@ -32,11 +33,18 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// The whole application; built once and tested without a socket or served with one.
 pub fn app(state: Arc<AppState>) -> Router {
     use routes::*;
-    let api = Router::new()
+    // What anyone can reach without signing in: rate-limited per client address (and per
+    // account inside the handlers).
+    let open = Router::new()
         .route("/enroll/{token}/start", post(enroll_start))
         .route("/enroll/{token}/finish", post(enroll_finish))
         .route("/auth/login/start", post(login_start))
         .route("/auth/login/finish", post(login_finish))
+        .route("/oauth/device_authorization", post(device_authorization))
+        .route("/oauth/token", post(token))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::limit_unauthenticated));
+    let api = Router::new()
+        .merge(open)
         .route("/auth/logout", post(logout))
         .route("/me", get(me))
         .route("/me/credentials", get(my_credentials))
@@ -89,8 +97,6 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/audit/records", get(audit_api::records))
         .route("/audit/proof/inclusion", get(audit_api::inclusion))
         .route("/audit/proof/consistency", get(audit_api::consistency))
-        .route("/oauth/device_authorization", post(device_authorization))
-        .route("/oauth/token", post(token))
         .route("/device/approve/start", post(device_approve_start))
         .route("/device/approve/finish", post(device_approve_finish))
         .route("/device/deny", post(device_deny))
@@ -143,10 +149,29 @@ async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) 
     resp
 }
 
+/// `GET /metrics`: Prometheus text, for a token of someone who may read the audit log (Owner,
+/// Security Admin, Auditor), or for anyone with `--open-metrics`.
 async fn metrics_text(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
-) -> impl axum::response::IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    p: Result<auth::Principal, error::ApiError>,
+) -> Result<impl axum::response::IntoResponse, error::ApiError> {
+    if !state.open_metrics {
+        let p = p?;
+        let principal = vaults::policy_principal(&state, &p.user.id).await?;
+        let auth = vaults::auth_context(&p);
+        let decision = policy::decide(
+            &principal,
+            &auth,
+            policy::Operation::AuditRead,
+            &policy::Resource::Server,
+            None,
+            state.clock.now(),
+        );
+        if let policy::Decision::Deny { reason } = decision {
+            return Err(error::ApiError::Denied(reason));
+        }
+    }
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()))
 }
 
 /// Creates the first Owner's enrollment link if there are no users and no open link yet;
@@ -159,9 +184,15 @@ pub async fn first_start_link(state: &AppState) -> Result<Option<String>, error:
     Ok(Some(url))
 }
 
+/// Device codes, enrollment links, refresh tokens and sessions stay this long after they
+/// expire (so a late poll or click is told "expired", not "unknown"), then housekeeping deletes
+/// them; ceremony states go as soon as they expire.
+pub const PURGE_GRACE_SECONDS: i64 = 24 * 3600;
+
 /// Housekeeping every [`audit_log::CHECKPOINT_SECONDS`]: signs an audit checkpoint if the log
 /// grew (besides every [`audit_log::CHECKPOINT_RECORDS`] records), rotates vault keys whose
-/// policy says they are due, purges deleted snapshots and vaults whose retention has passed and
+/// policy says they are due, purges expired sign-in state (ceremonies, device codes, links,
+/// sessions) and rate-limit buckets, purges deleted snapshots and vaults whose retention has passed and
 /// runs approved critical operations not run yet (at start also those a previous process was
 /// running when it died); stops when the server state is gone.
 fn spawn_housekeeping(state: &Arc<AppState>) {
@@ -183,6 +214,15 @@ fn spawn_housekeeping(state: &Arc<AppState>) {
             if let Err(e) = critical::purge_due(&state).await {
                 tracing::error!(error = %e, "could not purge deleted snapshots or vaults");
             }
+            match state.store.purge_expired(state.clock.now(), PURGE_GRACE_SECONDS).await {
+                Ok(p) if p.total() > 0 => tracing::info!(purged = ?p, "purged expired sign-in state"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "could not purge expired sign-in state"),
+            }
+            state.limits.forget_idle(std::time::Instant::now());
+            if let Err(e) = audit_refusal_summaries(&state, false).await {
+                tracing::error!(error = %e, "could not audit refused sign-ins");
+            }
             if let Err(e) = state.audit_log.checkpoint(&state.store, state.clock.now()).await {
                 tracing::error!(error = %e, "could not sign an audit checkpoint");
             }
@@ -196,6 +236,17 @@ fn spawn_housekeeping(state: &Arc<AppState>) {
             }
         }
     });
+}
+
+/// Writes one `auth.refused_summary` audit record per source whose window of refused sign-ins
+/// is over (every window when `flush`); returns how many.
+pub async fn audit_refusal_summaries(state: &AppState, flush: bool) -> Result<usize, error::ApiError> {
+    let summaries = state.limits.summaries(flush);
+    let n = summaries.len();
+    for summary in summaries {
+        routes::audit(state, "auth.refused_summary", "", "refused", summary).await?;
+    }
+    Ok(n)
 }
 
 /// Serves until `shutdown` resolves.

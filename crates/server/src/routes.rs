@@ -121,6 +121,7 @@ async fn valid_link(state: &AppState, token: &str) -> ApiResult<store::EnrollLin
 
 /// `POST /api/v1/enroll/{token}/start`
 pub(crate) async fn enroll_start(State(state): St, Path(token): Path<String>) -> ApiResult<Json<StartResponse>> {
+    state.limits.check_account(&format!("link:{}", token_hash(&token)))?;
     let link = valid_link(&state, &token).await?;
     let (user_id, username, new_user, exclude) = match &link.user_id {
         Some(uid) => {
@@ -175,6 +176,7 @@ pub(crate) async fn enroll_finish(
     Path(token): Path<String>,
     Json(body): Json<EnrollFinish>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    state.limits.check_account(&format!("link:{}", token_hash(&token)))?;
     let c: EnrollCeremony = take_ceremony(&state, &body.ceremony_id, "enroll").await?;
     if c.link_hash != token_hash(&token) {
         return Err(ApiError::CeremonyInvalid);
@@ -266,6 +268,12 @@ pub(crate) async fn enroll_finish(
         store::StoreError::Conflict(_) => ApiError::CredentialExists,
         other => other.into(),
     })?;
+    // Who created the link this account and this passkey came from: an approver someone
+    // enrolled is not another person for that someone's operations.
+    if c.new_user {
+        state.store.record_introduction("user", &c.user_id, &link.created_by, now).await?;
+    }
+    state.store.record_introduction("credential", &reg.id, &link.created_by, now).await?;
     audit(
         &state,
         "enroll",
@@ -273,6 +281,7 @@ pub(crate) async fn enroll_finish(
         "success",
         serde_json::json!({
             "user_id": c.user_id, "role": link.role, "credential_id": reg.id, "aaguid": reg.aaguid.to_string(),
+            "invited_by": link.created_by,
             "attestation_format": reg.attestation_format, "attestation_trusted": reg.attestation_trusted,
             "backup_eligible": reg.backup_eligible, "backup_state": reg.backup_state, "transports": reg.transports,
             // The key approvals are later re-verified against, offline (auditlog::export).
@@ -296,6 +305,9 @@ pub(crate) struct LoginStart {
 /// `POST /api/v1/auth/login/start`
 pub(crate) async fn login_start(State(state): St, body: Option<Json<LoginStart>>) -> ApiResult<Json<StartResponse>> {
     let username = body.and_then(|b| b.0.username).filter(|u| !u.is_empty() && u.len() <= 256);
+    if let Some(name) = &username {
+        state.limits.check_account(&format!("user:{name}"))?;
+    }
     let (creds, user_id) = match &username {
         Some(name) => {
             // An unknown user gets a ceremony that no credential can finish, with decoy
@@ -339,19 +351,25 @@ pub(crate) async fn verify_assertion(
     c: &LoginCeremony,
     pkc: &PublicKeyCredential,
     purpose: &str,
+    source: Option<std::net::IpAddr>,
 ) -> ApiResult<(store::User, store::CredentialRecord, Strength)> {
     let now = state.clock.now();
     let cred_id = identity::passkey::b64url(&pkc.raw_id);
     if pkc.raw_id.len() > identity::passkey::MAX_CREDENTIAL_ID {
         return Err(IdentityError::CredentialIdTooLong.into());
     }
+    // Refusals from an unauthenticated source are audited once per window and then summed up
+    // (`auth.refused_summary`), so a flood of bad assertions cannot grow the log one by one.
     let refuse = |reason: String| async move {
+        if !state.limits.note_refusal(source, &reason, now) {
+            return Ok(());
+        }
         audit(
             state,
             purpose,
             "",
             "refused",
-            serde_json::json!({"credential_id": cred_id_for_audit(pkc), "reason": reason}),
+            serde_json::json!({"credential_id": cred_id_for_audit(pkc), "reason": reason, "source": source.map(|s| s.to_string())}),
         )
         .await
     };
@@ -374,6 +392,10 @@ pub(crate) async fn verify_assertion(
             refuse("user handle does not match the credential".into()).await?;
             return Err(IdentityError::UnknownCredential.into());
         }
+    }
+    if purpose == "login" {
+        // Sign-in is open to anyone: per account too, whatever the address.
+        state.limits.check_account(&format!("user-id:{}", record.user_id))?;
     }
     let user = state.store.user_by_id(&record.user_id).await?.ok_or(ApiError::Unauthenticated)?;
     if user.disabled || user.expires_at.is_some_and(|t| t <= now) {
@@ -476,9 +498,14 @@ fn access_token(state: &AppState, session: &store::Session) -> ApiResult<String>
 }
 
 /// `POST /api/v1/auth/login/finish`
-pub(crate) async fn login_finish(State(state): St, Json(body): Json<AssertionFinish>) -> ApiResult<Response> {
+pub(crate) async fn login_finish(
+    State(state): St,
+    source: Option<axum::Extension<crate::limits::ClientAddr>>,
+    Json(body): Json<AssertionFinish>,
+) -> ApiResult<Response> {
     let c: LoginCeremony = take_ceremony(&state, &body.ceremony_id, "login").await?;
-    let (user, record, strength) = verify_assertion(&state, &c, &body.credential, "login").await?;
+    let source = source.map(|s| s.0 .0);
+    let (user, record, strength) = verify_assertion(&state, &c, &body.credential, "login", source).await?;
     let (cookie_token, session) = new_session(&state, &user, &record, &strength, BROWSER_SESSION_SECONDS).await?;
     let token = access_token(&state, &session)?;
     audit(&state, "login", &user.username, "success", serde_json::json!({"user_id": user.id, "credential_id": record.id, "amr": strength.amr(), "acr": strength.acr()})).await?;
@@ -845,6 +872,14 @@ impl IntoResponse for OAuthError {
 
 impl From<ApiError> for OAuthError {
     fn from(e: ApiError) -> Self {
+        if let ApiError::RateLimited { retry_after } = e {
+            // RFC 6749 has no rate-limit error; `slow_down` (RFC 8628) is what pollers obey.
+            return OAuthError(
+                StatusCode::TOO_MANY_REQUESTS,
+                "slow_down",
+                format!("too many requests; wait {retry_after} s"),
+            );
+        }
         tracing::error!(error = %e, "oauth endpoint failed");
         OAuthError(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error".into())
     }
@@ -941,6 +976,7 @@ pub(crate) async fn token(State(state): St, Form(req): Form<TokenRequest>) -> Re
     match req.grant_type.as_str() {
         "urn:ietf:params:oauth:grant-type:device_code" => {
             let code = req.device_code.ok_or_else(|| grant_error("invalid_request", "device_code is required"))?;
+            state.limits.check_account(&format!("grant:{}", token_hash(&code)))?;
             match state.store.poll_device(&token_hash(&code), now).await? {
                 store::DevicePoll::Pending => {
                     Err(grant_error("authorization_pending", "waiting for the user to approve"))
@@ -968,6 +1004,7 @@ pub(crate) async fn token(State(state): St, Form(req): Form<TokenRequest>) -> Re
         }
         "refresh_token" => {
             let rt = req.refresh_token.ok_or_else(|| grant_error("invalid_request", "refresh_token is required"))?;
+            state.limits.check_account(&format!("grant:{}", token_hash(&rt)))?;
             match state.store.use_refresh_token(&token_hash(&rt), now).await? {
                 store::RefreshUse::Valid { family_id, session_id } => {
                     let p = crate::auth::live_session(&state, &session_id, now)
@@ -1052,7 +1089,7 @@ pub(crate) async fn device_approve_finish(
     if c.user_id.as_deref() != Some(p.user.id.as_str()) {
         return Err(ApiError::CeremonyInvalid);
     }
-    let (user, record, strength) = verify_assertion(&state, &c, &body.credential, "device.approve").await?;
+    let (user, record, strength) = verify_assertion(&state, &c, &body.credential, "device.approve", None).await?;
     let code = c.user_code.ok_or(ApiError::CeremonyInvalid)?;
     let (_, session) = new_session(&state, &user, &record, &strength, DEVICE_SESSION_SECONDS).await?;
     if !state.store.approve_device(&code, &user.id, &session.id, state.clock.now()).await? {

@@ -66,6 +66,20 @@ pub struct ServerConfig {
     /// Security Admin approvals a critical operation needs besides the requester's own
     /// step-up, 1 to 10 (default 1).
     pub critical_approvals: u32,
+    /// Requests per minute one client address may make to the endpoints that need no sign-in
+    /// (default [`crate::limits::DEFAULT_PER_ADDRESS_PER_MINUTE`]).
+    pub rate_limit_per_minute: u32,
+    /// Sign-in, enrollment and token attempts per minute for one account (default
+    /// [`crate::limits::DEFAULT_PER_ACCOUNT_PER_MINUTE`]).
+    pub account_rate_limit_per_minute: u32,
+    /// Behind a reverse proxy: the client address is the last `X-Forwarded-For` hop.
+    pub behind_proxy: bool,
+    /// `/metrics` answers without a token (default: an Owner's, Security Admin's or
+    /// Auditor's token is needed).
+    pub open_metrics: bool,
+    /// Accept WebAuthn assertions whose client data says `crossOrigin: true` (an iframe on
+    /// another origin); `topOrigin`, when present, must then be the public URL's origin.
+    pub allow_cross_origin: bool,
 }
 
 impl ServerConfig {
@@ -79,6 +93,11 @@ impl ServerConfig {
             checkpoint_packs: repo::writer::CHECKPOINT_PACKS,
             master: None,
             critical_approvals: 1,
+            rate_limit_per_minute: crate::limits::DEFAULT_PER_ADDRESS_PER_MINUTE,
+            account_rate_limit_per_minute: crate::limits::DEFAULT_PER_ACCOUNT_PER_MINUTE,
+            behind_proxy: false,
+            open_metrics: false,
+            allow_cross_origin: false,
         }
     }
 }
@@ -113,6 +132,12 @@ pub struct AppState {
     pub audit_log: crate::audit_log::AuditLog,
     /// Security Admin approvals a critical operation needs.
     pub critical_approvals: u32,
+    /// Rate limits of the unauthenticated endpoints, and refused sign-ins being tallied.
+    pub limits: crate::limits::Limits,
+    /// `/metrics` needs no token.
+    pub open_metrics: bool,
+    /// Cross-origin WebAuthn assertions are accepted.
+    pub allow_cross_origin: bool,
 }
 
 /// Errors of start-up.
@@ -199,6 +224,13 @@ pub async fn open_state(config: &ServerConfig, clock: Clock) -> Result<AppState,
         checkpoint_packs: config.checkpoint_packs,
         audit_log,
         critical_approvals: config.critical_approvals,
+        limits: crate::limits::Limits::new(
+            config.rate_limit_per_minute,
+            config.account_rate_limit_per_minute,
+            config.behind_proxy,
+        ),
+        open_metrics: config.open_metrics,
+        allow_cross_origin: config.allow_cross_origin,
     })
 }
 

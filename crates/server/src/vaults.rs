@@ -103,6 +103,18 @@ pub async fn recheck(state: &AppState, p: &Principal, op: Operation, vault: &str
     }
 }
 
+/// Whether the approver's account, or the credential they approve with, was enrolled from a
+/// link the requester created (then the approver is not another person for the requester).
+pub async fn introduced_by_requester(
+    state: &AppState,
+    approver_id: &str,
+    credential_id: Option<&str>,
+    requester_id: &str,
+) -> ApiResult<bool> {
+    let Some(requester) = state.store.user_by_id(requester_id).await? else { return Ok(false) };
+    Ok(state.store.introducers(approver_id, credential_id).await?.contains(&requester.username))
+}
+
 async fn load_vault(state: &AppState, name: &str) -> ApiResult<(store::Vault, VaultPolicy)> {
     let v = state.store.vault(name).await?.ok_or_else(|| ApiError::NotFound(format!("no vault {name}")))?;
     let policy: VaultPolicy = serde_json::from_str(&v.policy_json).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -456,8 +468,8 @@ pub(crate) async fn simulate(
     let hardware = policy::decide(&principal, &fresh(true), body.operation, &resource, None, now);
     let approve = if body.operation == Operation::RestoreRequest {
         Some(serde_json::json!({
-            "software": policy::decide(&principal, &fresh(false), Operation::RestoreApprove, &resource, Some(&policy::ApprovalFacts { requester_id: "another-user" }), now),
-            "hardware": policy::decide(&principal, &fresh(true), Operation::RestoreApprove, &resource, Some(&policy::ApprovalFacts { requester_id: "another-user" }), now),
+            "software": policy::decide(&principal, &fresh(false), Operation::RestoreApprove, &resource, Some(&policy::ApprovalFacts { requester_id: "another-user", introduced_by_requester: false }), now),
+            "hardware": policy::decide(&principal, &fresh(true), Operation::RestoreApprove, &resource, Some(&policy::ApprovalFacts { requester_id: "another-user", introduced_by_requester: false }), now),
         }))
     } else {
         None

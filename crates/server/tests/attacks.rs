@@ -476,3 +476,173 @@ async fn concurrent_assertions_never_move_the_stored_counter_backwards() {
         assert!(stored.counter >= best.unwrap(), "stored counter {} went below accepted {best:?}", stored.counter);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_cannot_approve_his_own_restore_through_an_account_he_enrolled() {
+    let (s, to, ..) = restore_fixture().await;
+    // The owner invites a restore operator and enrolls that account's passkey himself.
+    let (mut puppet, tp) = invite(&s, &to, "puppet", "restore-operator").await;
+    let r = request_restore(&s, &to, "prod").await;
+    let id = r["approval_id"].as_str().unwrap().to_string();
+    let (st, v, _) = sign_approval(&s, &mut puppet, &tp, &id).await;
+    assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "policy.invited_by_requester"), "{v}");
+    // A passkey the owner adds to someone else's account (a re-enrollment link) does not count
+    // either, even on an account the owner did not create.
+    let alice_id = s.state.store.user_by_name("alice").await.unwrap().unwrap().id;
+    let link = server::routes::create_enroll_link(&s.state, "alice", "", None, Some(alice_id), "owner").await.unwrap();
+    let mut planted = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut planted, &link).await.0, StatusCode::OK);
+    let tpl = s.token(&mut planted, Some("alice")).await;
+    let (st, start, pkc) = sign_approval(&s, &mut planted, &tpl, &id).await;
+    assert_eq!(st, StatusCode::OK, "{start}");
+    let (st, v) = s
+        .post(
+            &format!("/api/v1/approvals/{id}/finish"),
+            json!({"ceremony_id": start["ceremony_id"], "credential": pkc.unwrap()}),
+            Some(&tpl),
+        )
+        .await;
+    assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "policy.invited_by_requester"), "{v}");
+    let (_, shown) = s.get(&format!("/api/v1/approvals/{id}"), Some(&to)).await;
+    assert_eq!(shown["status"], "pending", "{shown}");
+    // The audit log says who invited whom.
+    let events = s.state.store.audit_events(0, 10_000).await.unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e.event.kind == "enroll" && e.event.details_json.contains("\"invited_by\":\"owner\"")));
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+}
+
+async fn rows(s: &Srv, table: &str) -> i64 {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", s.state.data_dir.join("metadata.db").display()))
+        .await
+        .unwrap();
+    let n = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(&pool).await.unwrap();
+    pool.close().await;
+    n
+}
+
+/// A made-up assertion for a credential nobody registered.
+fn bogus_assertion(i: u32) -> Value {
+    use base64::Engine as _;
+    let b = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let id = b(&i.to_be_bytes().repeat(4));
+    json!({"id": id, "rawId": id, "type": "public-key", "extensions": {},
+        "response": {"authenticatorData": b(&[0; 37]), "clientDataJSON": b(b"{}"), "signature": b(&[1; 64])}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_storm_leaves_the_database_and_memory_bounded() {
+    let s = spawn().await;
+    let mut owner = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut owner, &s.first_link().await).await.0, StatusCode::OK);
+    let before = (rows(&s, "ceremonies").await, rows(&s, "device_codes").await, rows(&s, "audit_events").await);
+    let rss_before = rss_kib();
+    let (mut limited, mut answered) = (0u32, 0u32);
+    let mut retry_after = None;
+    for i in 0..10_000u32 {
+        let resp = match i % 4 {
+            0 => s.http.post(format!("{}/api/v1/auth/login/start", s.base)).json(&json!({"username": format!("u{i}")})),
+            1 => s.http.post(format!("{}/api/v1/oauth/device_authorization", s.base)).form(&[("client_id", "cli")]),
+            2 => s.http.post(format!("{}/api/v1/enroll/bogus{i}/start", s.base)).json(&json!({})),
+            _ => s
+                .http
+                .post(format!("{}/api/v1/oauth/token", s.base))
+                .form(&[("grant_type", "urn:ietf:params:oauth:grant-type:device_code"), ("device_code", "nope")]),
+        }
+        .send()
+        .await
+        .unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+            retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        } else {
+            answered += 1;
+        }
+    }
+    let after = (rows(&s, "ceremonies").await, rows(&s, "device_codes").await, rows(&s, "audit_events").await);
+    let rss_after = rss_kib();
+    println!(
+        "storm: {answered} answered, {limited} refused with 429; rows ceremonies {}→{}, device codes {}→{}, audit {}→{}; limiter keys {}; RSS {rss_before}→{rss_after} KiB",
+        before.0, after.0, before.1, after.1, before.2, after.2, s.state.limits.tracked()
+    );
+    assert!(limited >= 9_000, "the client address was not limited: {limited}");
+    assert!(retry_after.as_deref().is_some_and(|v| v.parse::<u64>().unwrap() >= 1), "{retry_after:?}");
+    assert!(after.0 - before.0 <= 300 && after.1 - before.1 <= 300, "{before:?} → {after:?}");
+    assert!(after.2 - before.2 <= 10, "unauthenticated requests grew the audit log: {before:?} → {after:?}");
+    // Limiter state grows with what got through the address's quota, not with the storm.
+    assert!(s.state.limits.tracked() < 400, "limiter keys: {}", s.state.limits.tracked());
+    // What was stored expires and housekeeping deletes it.
+    s.state.clock.advance(server::PURGE_GRACE_SECONDS + 3600);
+    s.state.store.purge_expired(s.state.clock.now(), server::PURGE_GRACE_SECONDS).await.unwrap();
+    assert_eq!((rows(&s, "ceremonies").await, rows(&s, "device_codes").await), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_refused_sign_ins_from_one_source_become_one_summary_record() {
+    let s = spawn().await;
+    let mut owner = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut owner, &s.first_link().await).await.0, StatusCode::OK);
+    let audited = || async { s.audit_kinds().await.iter().filter(|k| *k == "login").count() };
+    let before = audited().await;
+    // 40 attempts (80 requests): within one address's quota, so every one reaches the check.
+    for i in 0..40 {
+        let start = s.login_start(None).await;
+        let (st, _) = s
+            .post(
+                "/api/v1/auth/login/finish",
+                json!({"ceremony_id": start["ceremony_id"], "credential": bogus_assertion(i)}),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(audited().await - before, 1, "only the first refusal is its own record");
+    assert_eq!(server::audit_refusal_summaries(&s.state, true).await.unwrap(), 1);
+    let events = s.state.store.audit_events(0, 10_000).await.unwrap();
+    let summary = events.iter().find(|e| e.event.kind == "auth.refused_summary").unwrap();
+    let d: Value = serde_json::from_str(&summary.event.details_json).unwrap();
+    assert_eq!((d["refused"].as_u64(), d["source"].as_str()), (Some(39), Some("127.0.0.1")), "{d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_a_token_of_someone_who_may_read_the_audit_log() {
+    let (s, to, _, (_, ta), _) = restore_fixture().await;
+    let anon = reqwest::Client::new();
+    let resp = anon.get(format!("{}/metrics", s.base)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = anon.get(format!("{}/metrics", s.base)).bearer_auth(&ta).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN, "a restore operator does not read metrics");
+    let resp = anon.get(format!("{}/metrics", s.base)).bearer_auth(&to).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.text().await.unwrap().contains("strongroom_"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_attempts_on_one_account_are_limited_whatever_the_address() {
+    // Behind a proxy, each request from another address (the last X-Forwarded-For hop).
+    let s = spawn_with(|c| c.behind_proxy = true).await;
+    let mut owner = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut owner, &s.first_link().await).await.0, StatusCode::OK);
+    let mut statuses = Vec::new();
+    for i in 0..server::limits::DEFAULT_PER_ACCOUNT_PER_MINUTE + 1 {
+        let resp = s
+            .http
+            .post(format!("{}/api/v1/auth/login/start", s.base))
+            .header("x-forwarded-for", format!("203.0.113.9, 198.51.100.{}", i % 250))
+            .json(&json!({"username": "owner"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status());
+    }
+    assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS));
+    // Another account from the same addresses is not affected.
+    let (st, _) = s.post("/api/v1/auth/login/start", json!({"username": "someone"}), None).await;
+    assert_eq!(st, StatusCode::OK);
+}

@@ -46,6 +46,7 @@
 //! | `refresh_tokens` | `token_hash` | `family_id`, `session_id` → sessions, `created_at`, `expires_at`, `used_at`?, `revoked_at`? |
 //! | `device_codes` | `device_code_hash` | `user_code` (unique), `client_id`, `scope`, `created_at`, `expires_at`, `poll_interval`, `last_poll_at`?, `status` (pending/approved/denied/consumed), `session_id`? → sessions, `user_id`? → users |
 //! | `audit_events` | `seq` | `event_time`, `kind`, `actor`, `outcome`, `details_json` |
+//! | `introductions` | (`subject_kind`, `subject_id`) | `introduced_by` (the enrollment link's creator), `at`; subject `user` or `credential` |
 //! | `audit_head` | `id` = 1 | `next_seq`: the next audit sequence number (see the migration) |
 //!
 //! (`?` = nullable.) An instant `t` is "expired" when `now >= t`.
@@ -56,6 +57,7 @@ mod ceremonies;
 mod credentials;
 mod device;
 mod error;
+mod hygiene;
 mod migrate;
 mod model;
 mod sessions;
@@ -70,6 +72,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Any, AnyPool, ConnectOptions, Executor, Row, Transaction};
 
 pub use error::{Result, StoreError};
+pub use hygiene::Purged;
 pub use model::{
     Approval, AuditEvent, AuditRecord, Ceremony, CredentialRecord, DeletedSnapshot, DeviceCode, DevicePoll,
     DeviceStatus, EnrollLink, RefreshUse, RoleAssignment, Session, User, Vault, Vote,

@@ -30,6 +30,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, name: "audit_log", sql: include_str!("../migrations/0004_audit_log.sql") },
     Migration { version: 5, name: "critical", sql: include_str!("../migrations/0005_critical.sql") },
     Migration { version: 6, name: "flags", sql: include_str!("../migrations/0006_flags.sql") },
+    Migration { version: 7, name: "hygiene", sql: include_str!("../migrations/0007_hygiene.sql") },
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (\

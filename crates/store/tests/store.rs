@@ -201,7 +201,7 @@ async fn migrations_are_recorded_once() {
     let pool = raw_pool(&path).await;
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version").fetch_all(&pool).await.unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6], "each migration recorded exactly once");
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7], "each migration recorded exactly once");
 }
 
 #[tokio::test]
@@ -1023,4 +1023,38 @@ async fn concurrent_audit_appends_are_gapless_and_distinct() {
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=20).collect::<Vec<i64>>());
     assert_eq!(store.audit_events(0, 100).await.unwrap().len(), 20);
+}
+
+#[tokio::test]
+async fn housekeeping_purges_what_expired_and_keeps_what_is_live() {
+    let (_dir, store) = open().await;
+    alice(&store).await; // session s1 expires at NOW + 3600
+    store
+        .create_session(&Session { id: "s2".into(), expires_at: NOW + 90_000, ..session("s2", "u1", "c1") })
+        .await
+        .unwrap();
+    for i in 0..100 {
+        store.put_ceremony(&ceremony(&format!("old{i}"), "login", NOW + 300)).await.unwrap();
+    }
+    store.put_ceremony(&ceremony("live", "login", NOW + 10_000)).await.unwrap();
+    // Nothing has expired yet.
+    assert_eq!(store.purge_expired(NOW, 3600).await.unwrap().total(), 0);
+    let p = store.purge_expired(NOW + 3600 + 3600, 3600).await.unwrap();
+    assert_eq!((p.ceremonies, p.sessions), (100, 1), "{p:?}");
+    assert!(store.session("s2").await.unwrap().is_some(), "a live session stays");
+    assert!(store.session("s1").await.unwrap().is_none());
+    assert!(store.take_ceremony("live", "login", NOW + 7200).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn introductions_record_who_made_the_link_first() {
+    let (_dir, store) = open().await;
+    alice(&store).await;
+    store.record_introduction("user", "u1", "owner", NOW).await.unwrap();
+    store.record_introduction("user", "u1", "someone-else", NOW + 1).await.unwrap();
+    store.record_introduction("credential", "c1", "mallory", NOW).await.unwrap();
+    let mut by = store.introducers("u1", Some("c1")).await.unwrap();
+    by.sort();
+    assert_eq!(by, vec!["mallory".to_string(), "owner".to_string()]);
+    assert_eq!(store.introducers("u1", None).await.unwrap(), vec!["owner".to_string()]);
 }
