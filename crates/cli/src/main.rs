@@ -321,21 +321,26 @@ fn master_source(
     data_dir: &std::path::Path,
     kind: &str,
     passphrase_file: Option<&std::path::Path>,
+    secrets: &SecretEnv,
 ) -> anyhow::Result<Option<repo::crypto::MasterSource>> {
     use repo::crypto::MasterSource;
     Ok(match kind {
         "file" => None,
         "env" => Some(MasterSource::Hex(
-            std::env::var("STRONGROOM_MASTER_KEY")
+            secrets
+                .master_key
+                .clone()
                 .context("--master-key-source env needs STRONGROOM_MASTER_KEY (64 hex digits)")?,
         )),
         "passphrase" => {
             let passphrase = match passphrase_file {
-                Some(f) => std::fs::read_to_string(f)
-                    .with_context(|| format!("reading {}", f.display()))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-                None => std::env::var("STRONGROOM_MASTER_PASSPHRASE").context(
+                Some(f) => zeroize::Zeroizing::new(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("reading {}", f.display()))?
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string(),
+                ),
+                None => secrets.passphrase.clone().context(
                     "--master-key-source passphrase needs STRONGROOM_MASTER_PASSPHRASE or --master-passphrase-file",
                 )?,
             };
@@ -343,6 +348,30 @@ fn master_source(
         }
         other => bail!("--master-key-source is file, env or passphrase, not {other}"),
     })
+}
+
+/// The secrets a server may take from its environment, read once at start and then removed
+/// from the process environment (so no child process and no later read of the environment
+/// sees them), held in memory that is wiped when dropped.
+#[derive(Default)]
+struct SecretEnv {
+    master_key: Option<zeroize::Zeroizing<String>>,
+    passphrase: Option<zeroize::Zeroizing<String>>,
+}
+
+impl SecretEnv {
+    /// Takes the variables out of the environment. Called first thing in `main`, while the
+    /// process has one thread (changing the environment is only safe then).
+    fn take() -> SecretEnv {
+        let take = |name: &str| {
+            let v = std::env::var(name).ok().map(zeroize::Zeroizing::new);
+            if v.is_some() {
+                std::env::remove_var(name);
+            }
+            v
+        };
+        SecretEnv { master_key: take("STRONGROOM_MASTER_KEY"), passphrase: take("STRONGROOM_MASTER_PASSPHRASE") }
+    }
 }
 
 fn positive_rate(s: &str) -> Result<f64, String> {
@@ -637,6 +666,7 @@ enum AdminCmd {
 }
 
 fn main() {
+    let secrets = SecretEnv::take();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -645,15 +675,15 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(run(cli)) {
+    if let Err(e) = rt.block_on(run(cli, secrets)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, secrets: SecretEnv) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Server(args) => run_server(args).await,
+        Cmd::Server(args) => run_server(args, &secrets).await,
         Cmd::Admin(AdminCmd::EnrollLink { data_dir, user, role, public_url }) => {
             server::routes::validate_username(&user).map_err(|e| anyhow::anyhow!("{e}"))?;
             server::routes::check_role_name(&role).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -669,7 +699,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let kind = std::env::var("STRONGROOM_MASTER_KEY_SOURCE").unwrap_or_else(|_| "file".into());
             let passphrase_file = std::env::var_os("STRONGROOM_MASTER_PASSPHRASE_FILE").map(PathBuf::from);
-            let master = master_source(&data_dir, &kind, passphrase_file.as_deref())?;
+            let master = master_source(&data_dir, &kind, passphrase_file.as_deref(), &secrets)?;
             let config = server::ServerConfig { master, ..server::ServerConfig::new(data_dir, public_url) };
             let state = server::open_state(&config, server::Clock::default()).await?;
             let existing = state.store.user_by_name(&user).await?;
@@ -911,7 +941,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+async fn run_server(args: ServerArgs, secrets: &SecretEnv) -> anyhow::Result<()> {
     let args = args.resolve()?;
     use std::io::IsTerminal;
     // Logs go to stderr; stdout carries only what a script may read (the first-start link).
@@ -942,7 +972,12 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         behind_proxy: args.behind_proxy,
         open_metrics: args.open_metrics,
         allow_cross_origin: args.allow_cross_origin,
-        master: master_source(&args.data_dir, &args.master_key_source, args.master_passphrase_file.as_deref())?,
+        master: master_source(
+            &args.data_dir,
+            &args.master_key_source,
+            args.master_passphrase_file.as_deref(),
+            secrets,
+        )?,
         ..server::ServerConfig::new(args.data_dir.clone(), args.public_url.clone())
     };
     let state = Arc::new(server::open_state(&config, server::Clock::default()).await?);

@@ -28,6 +28,7 @@ pub struct RelyingParty {
     trusted: AttestationCaList,
     rp_id: String,
     origin: Url,
+    allow_cross_origin: bool,
 }
 
 /// A newly registered credential with everything the device attestation log records.
@@ -155,7 +156,40 @@ impl RelyingParty {
             Some(false),
             Some(false),
         );
-        Ok(RelyingParty { core, trusted, rp_id, origin })
+        Ok(RelyingParty { core, trusted, rp_id, origin, allow_cross_origin: false })
+    }
+
+    /// Accept assertions made in a cross-origin iframe (`crossOrigin: true` in the client
+    /// data), as long as a `topOrigin`, when given, is this relying party's origin. Off by
+    /// default: the library checks this at registration only, so [`Self::finish_authentication`]
+    /// checks it itself.
+    pub fn with_cross_origin(mut self, allow: bool) -> RelyingParty {
+        self.allow_cross_origin = allow;
+        self
+    }
+
+    /// Refuses client data that says the ceremony ran in a cross-origin frame (unless allowed),
+    /// or names a top-level origin other than ours.
+    fn check_frame(&self, client_data_json: &[u8]) -> Result<(), IdentityError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Frame {
+            #[serde(default)]
+            cross_origin: Option<bool>,
+            #[serde(default)]
+            top_origin: Option<String>,
+        }
+        let f: Frame = serde_json::from_slice(client_data_json)
+            .map_err(|e| IdentityError::Malformed(format!("client data: {e}")))?;
+        if f.cross_origin == Some(true) && !self.allow_cross_origin {
+            return Err(IdentityError::Mismatch("the passkey was used in a cross-origin frame".into()));
+        }
+        if let Some(top) = f.top_origin {
+            if top.trim_end_matches('/') != self.origin.as_str().trim_end_matches('/') {
+                return Err(IdentityError::Mismatch(format!("the page around the passkey prompt was {top}")));
+            }
+        }
+        Ok(())
     }
 
     /// The relying-party id (the host name).
@@ -204,6 +238,7 @@ impl RelyingParty {
         if reg.raw_id.len() > MAX_CREDENTIAL_ID {
             return Err(IdentityError::CredentialIdTooLong);
         }
+        self.check_frame(&reg.response.client_data_json)?;
         let credential = self.core.register_credential(reg, state, None).map_err(map_err)?;
         if credential.cred_id.len() > MAX_CREDENTIAL_ID {
             return Err(IdentityError::CredentialIdTooLong);
@@ -278,6 +313,7 @@ impl RelyingParty {
         if pkc.raw_id != credential.cred_id {
             return Err(IdentityError::UnknownCredential);
         }
+        self.check_frame(&pkc.response.client_data_json)?;
         let r = self.core.authenticate_single_credential(pkc, state, credential).map_err(map_err)?;
         // The library compares with the counter captured when the ceremony started; compare
         // with the stored one too, in case another sign-in raced this one.
@@ -315,4 +351,32 @@ fn aaguid_of(attestation_object: &[u8]) -> Option<Uuid> {
         return None;
     }
     Uuid::from_slice(&auth_data[37..53]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rp() -> RelyingParty {
+        let url = Url::parse("https://vault.example.com").unwrap();
+        RelyingParty::new("t", &url, AttestationCaList::default()).unwrap()
+    }
+
+    #[test]
+    fn cross_origin_client_data_is_refused_unless_allowed_and_top_origin_must_be_ours() {
+        let plain = br#"{"type":"webauthn.get","challenge":"AA","origin":"https://vault.example.com"}"#;
+        let framed =
+            br#"{"type":"webauthn.get","challenge":"AA","origin":"https://vault.example.com","crossOrigin":true}"#;
+        let top_ours = br#"{"type":"webauthn.get","challenge":"AA","origin":"https://vault.example.com","crossOrigin":true,"topOrigin":"https://vault.example.com"}"#;
+        let top_evil = br#"{"type":"webauthn.get","challenge":"AA","origin":"https://vault.example.com","crossOrigin":true,"topOrigin":"https://evil.example"}"#;
+        let strict = rp();
+        assert!(strict.check_frame(plain).is_ok());
+        for bad in [&framed[..], top_ours, top_evil] {
+            assert!(matches!(strict.check_frame(bad), Err(IdentityError::Mismatch(_))));
+        }
+        let allowing = rp().with_cross_origin(true);
+        assert!(allowing.check_frame(framed).is_ok() && allowing.check_frame(top_ours).is_ok());
+        assert!(matches!(allowing.check_frame(top_evil), Err(IdentityError::Mismatch(_))));
+        assert!(matches!(strict.check_frame(b"not json"), Err(IdentityError::Malformed(_))));
+    }
 }

@@ -56,8 +56,8 @@ pub struct TokenSigner {
 pub struct StoredKey {
     /// Key id (`kid`).
     pub kid: String,
-    /// The Ed25519 seed, hex.
-    pub seed_hex: String,
+    /// The Ed25519 seed, hex (wiped from memory when dropped).
+    pub seed_hex: Zeroizing<String>,
     /// Creation time (unix seconds); the newest key signs.
     pub created: i64,
 }
@@ -75,7 +75,7 @@ impl StoredKey {
         rng.fill_bytes(seed.as_mut_slice());
         let key = SigningKey::from_bytes(&seed);
         let kid = kid_of(&key);
-        StoredKey { kid, seed_hex: hex::encode(key.to_bytes()), created: now }
+        StoredKey { kid, seed_hex: Zeroizing::new(hex::encode(key.to_bytes())), created: now }
     }
 }
 
@@ -105,7 +105,7 @@ impl TokenSigner {
         let mut current: Option<(i64, String)> = None;
         for k in keys {
             let mut seed = Zeroizing::new([0u8; 32]);
-            hex::decode_to_slice(&k.seed_hex, seed.as_mut_slice())
+            hex::decode_to_slice(k.seed_hex.as_str(), seed.as_mut_slice())
                 .map_err(|_| IdentityError::Config(format!("signing key {} is not 64 hex digits", k.kid)))?;
             let key = SigningKey::from_bytes(&seed);
             if kid_of(&key) != k.kid {

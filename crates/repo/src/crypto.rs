@@ -159,13 +159,14 @@ impl MasterKey {
 pub enum MasterSource {
     /// A key file of 64 hex digits, mode 0600, created on first use.
     File(std::path::PathBuf),
-    /// 64 hex digits handed over directly (an environment variable on the server host).
-    Hex(String),
+    /// 64 hex digits handed over directly (an environment variable on the server host),
+    /// wiped from memory when dropped.
+    Hex(zeroize::Zeroizing<String>),
     /// A passphrase stretched with Argon2id; salt and cost live in `kdf_file` (not secret),
     /// created on first use.
     Passphrase {
-        /// The passphrase.
-        passphrase: String,
+        /// The passphrase, wiped from memory when dropped.
+        passphrase: zeroize::Zeroizing<String>,
         /// Where the Argon2id salt and parameters are kept.
         kdf_file: std::path::PathBuf,
     },
@@ -211,10 +212,10 @@ impl MasterKey {
 
     /// The key from 64 hex digits.
     pub fn from_hex(text: &str) -> Result<MasterKey> {
-        let mut k = [0u8; 32];
-        hex::decode_to_slice(text.trim(), &mut k)
+        let mut k = zeroize::Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.trim(), k.as_mut_slice())
             .map_err(|_| Error::Invalid("a master key is 64 hex digits (32 bytes)".into()))?;
-        Ok(MasterKey(Key(k)))
+        Ok(MasterKey(Key(*k)))
     }
 
     /// The key stretched from `passphrase` with Argon2id; the salt and cost are read from

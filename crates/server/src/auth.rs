@@ -62,9 +62,40 @@ impl FromRequestParts<Arc<AppState>> for Principal {
             return Ok(p);
         }
         if let Some(token) = cookie(&parts.headers, SESSION_COOKIE) {
+            same_origin(parts, state)?;
             let id = identity::codes::token_hash(token);
             return live_session(state, &id, now).await;
         }
         Err(ApiError::Unauthenticated)
+    }
+}
+
+/// A cookie-authenticated request that changes something must come from our own pages:
+/// `Sec-Fetch-Site`, when the browser sends it, must say `same-origin`, and `Origin` must be
+/// the public URL's origin; one of the two must be there. (SameSite=Strict alone lets any
+/// page on a sibling subdomain — the same *site* — send the cookie.) Safe methods pass.
+fn same_origin(parts: &Parts, state: &AppState) -> Result<(), ApiError> {
+    use axum::http::Method;
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let refuse = |why: &str| {
+        ApiError::refused(
+            "auth.cross_site",
+            axum::http::StatusCode::FORBIDDEN,
+            format!("refused a cookie-authenticated request from another site ({why})"),
+        )
+    };
+    let fetch_site = parts.headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if let Some(site) = fetch_site {
+        if site != "same-origin" {
+            return Err(refuse(&format!("Sec-Fetch-Site: {site}")));
+        }
+    }
+    match parts.headers.get(axum::http::header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        Some(origin) if origin.trim_end_matches('/') == state.rp.origin().as_str().trim_end_matches('/') => Ok(()),
+        Some(origin) => Err(refuse(&format!("Origin: {origin}"))),
+        None if fetch_site.is_some() => Ok(()),
+        None => Err(refuse("no Origin or Sec-Fetch-Site header")),
     }
 }

@@ -1059,6 +1059,10 @@ pub(crate) async fn device_approve_start(
     if dev.status != "pending" || dev.expires_at <= state.clock.now() {
         return Err(ApiError::NotFound("this code has expired or was already used".into()));
     }
+    // The first signed-in user to act on a code owns it: nobody else can approve or deny it.
+    if !state.store.claim_device(&code, &p.user.id, state.clock.now()).await? {
+        return Err(ApiError::Forbidden("someone else is approving this code".into()));
+    }
     let creds = active_credentials(&state, &p.user.id).await?;
     let (rcr, auth_state) = state.rp.start_authentication(creds)?;
     let id = put_ceremony(
@@ -1115,7 +1119,19 @@ pub(crate) async fn device_deny(
 ) -> ApiResult<Json<serde_json::Value>> {
     let code = identity::codes::normalize_user_code(&body.user_code)
         .ok_or_else(|| ApiError::BadRequest("that is not a user code".into()))?;
-    let denied = state.store.deny_device(&code, state.clock.now()).await?;
+    // Only the code's own approver (the first signed-in user who acted on it) may deny it.
+    if !state.store.claim_device(&code, &p.user.id, state.clock.now()).await? {
+        audit(
+            &state,
+            "device.deny",
+            &p.user.username,
+            "refused",
+            serde_json::json!({"user_code": code, "reason": "not this user's code"}),
+        )
+        .await?;
+        return Err(ApiError::Forbidden("this code is not yours to deny".into()));
+    }
+    let denied = state.store.deny_device(&code, &p.user.id, state.clock.now()).await?;
     audit(
         &state,
         "device.deny",

@@ -207,8 +207,9 @@ pub async fn open_state(config: &ServerConfig, clock: Clock) -> Result<AppState,
     let audit_key = load_audit_key(dir, &config.public_url)?;
     let audit_log = crate::audit_log::AuditLog::open(&store, audit_key).await.map_err(StartError::Config)?;
     let roots = attestation_roots(&config.attestation_roots)?;
-    let rp =
-        RelyingParty::new("Strongroom", &config.public_url, roots).map_err(|e| StartError::Config(e.to_string()))?;
+    let rp = RelyingParty::new("Strongroom", &config.public_url, roots)
+        .map_err(|e| StartError::Config(e.to_string()))?
+        .with_cross_origin(config.allow_cross_origin);
     Ok(AppState {
         store,
         rp,

@@ -422,7 +422,13 @@ async fn a_stolen_session_cannot_add_a_passkey_without_a_fresh_sign_in_and_other
     assert_eq!(resp.status(), StatusCode::OK);
     // Its passkey sign-in grows old, as a stolen session's or refresh token's does.
     s.state.clock.advance(policy::ADMIN_MAX_AGE + 60);
-    let resp = browser.post(format!("{}/api/v1/me/credentials/add", s.base)).json(&json!({})).send().await.unwrap();
+    let resp = browser
+        .post(format!("{}/api/v1/me/credentials/add", s.base))
+        .header("origin", &s.base)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let challenge = resp.headers()[reqwest::header::WWW_AUTHENTICATE].to_str().unwrap().to_string();
     assert!(challenge.contains("insufficient_user_authentication"), "{challenge}");
@@ -645,4 +651,66 @@ async fn sign_in_attempts_on_one_account_are_limited_whatever_the_address() {
     // Another account from the same addresses is not affected.
     let (st, _) = s.post("/api/v1/auth/login/start", json!({"username": "someone"}), None).await;
     assert_eq!(st, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_authenticated_change_from_another_site_is_refused() {
+    let s = spawn().await;
+    let mut owner = SoftKey::new().unwrap();
+    assert_eq!(s.enroll(&mut owner, &s.first_link().await).await.0, StatusCode::OK);
+    s.token(&mut owner, Some("owner")).await; // the cookie jar holds the owner's session
+    let invite = |origin: Option<&str>, site: Option<&str>| {
+        let mut req =
+            s.http.post(format!("{}/api/v1/invites", s.base)).json(&json!({"username": "eve", "role": "reader"}));
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        if let Some(f) = site {
+            req = req.header("sec-fetch-site", f);
+        }
+        req.send()
+    };
+    for (origin, site) in [
+        (Some("https://evil.example"), None),
+        (Some("http://other.localhost:1"), Some("same-site")),
+        (None, Some("cross-site")),
+        (None, Some("same-site")),
+        (None, None),
+    ] {
+        let resp = invite(origin, site).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{origin:?} {site:?}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(code(&v), "auth.cross_site", "{v}");
+    }
+    assert!(s.state.store.user_by_name("eve").await.unwrap().is_none());
+    // From our own pages it works; reading needs no such check.
+    let resp = invite(Some(&s.base), Some("same-origin")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = s.http.get(format!("{}/api/v1/me", s.base)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_code_can_be_denied_only_by_its_own_approver() {
+    let (s, to, _, (_, ta), _) = restore_fixture().await;
+    let auth: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/oauth/device_authorization", s.base))
+        .form(&[("client_id", "strongroom-cli")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let code = auth["user_code"].as_str().unwrap();
+    // The owner opens the code first (it is on the owner's terminal): it is now the owner's.
+    let (st, v) = s.post("/api/v1/device/approve/start", json!({"user_code": code}), Some(&to)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    // Alice, who read the code over the owner's shoulder, can neither deny nor approve it.
+    let (st, v) = s.post("/api/v1/device/deny", json!({"user_code": code}), Some(&ta)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let (st, v) = s.post("/api/v1/device/approve/start", json!({"user_code": code}), Some(&ta)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let (st, v) = s.post("/api/v1/device/deny", json!({"user_code": code}), Some(&to)).await;
+    assert_eq!((st, v["denied"].as_bool()), (StatusCode::OK, Some(true)), "{v}");
 }

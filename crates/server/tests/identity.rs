@@ -538,6 +538,7 @@ async fn vaults_roles_and_policy_simulation_follow_the_policy_crate() {
     let resp = s
         .http
         .post(format!("{}/api/v1/roles", s.base))
+        .header("origin", &s.base) // as the console's own page would send it
         .json(&json!({"username": "bob", "role": "reader"}))
         .send()
         .await
@@ -1036,10 +1037,10 @@ async fn master_keys_from_env_or_passphrase_and_a_data_directory_never_changes_k
     // From an environment variable: no key file is ever written.
     let d = tempfile::tempdir().unwrap();
     let hex_a = "ab".repeat(32);
-    open(d.path(), Some(MasterSource::Hex(hex_a.clone()))).await.unwrap();
+    open(d.path(), Some(MasterSource::Hex(hex_a.clone().into()))).await.unwrap();
     assert!(!d.path().join("data/keys/master.key").exists());
-    open(d.path(), Some(MasterSource::Hex(hex_a))).await.unwrap();
-    let e = open(d.path(), Some(MasterSource::Hex("cd".repeat(32)))).await.unwrap_err();
+    open(d.path(), Some(MasterSource::Hex(hex_a.into()))).await.unwrap();
+    let e = open(d.path(), Some(MasterSource::Hex("cd".repeat(32).into()))).await.unwrap_err();
     assert!(e.contains("does not match"), "{e}");
     let e = open(d.path(), None).await.unwrap_err();
     assert!(e.contains("env source") && !d.path().join("data/keys/master.key").exists(), "{e}");
@@ -1047,7 +1048,7 @@ async fn master_keys_from_env_or_passphrase_and_a_data_directory_never_changes_k
     // From a passphrase (Argon2id; salt and cost kept beside the keys).
     let d = tempfile::tempdir().unwrap();
     let kdf = d.path().join("data/keys/master.kdf");
-    let pass = |p: &str| Some(MasterSource::Passphrase { passphrase: p.into(), kdf_file: kdf.clone() });
+    let pass = |p: &str| Some(MasterSource::Passphrase { passphrase: p.to_string().into(), kdf_file: kdf.clone() });
     open(d.path(), pass("a long enough passphrase")).await.unwrap();
     assert!(kdf.exists());
     open(d.path(), pass("a long enough passphrase")).await.unwrap();

@@ -80,13 +80,30 @@ impl Store {
         row.as_ref().map(device_from_row).transpose()
     }
 
+    /// Binds a pending, unexpired code to the signed-in user who acts on it first: only that
+    /// user may then approve or deny it. True if the code is now (or already was) theirs.
+    pub async fn claim_device(&self, user_code: &str, user_id: &str, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE device_codes SET user_id = $2 WHERE user_code = $1 AND status = 'pending' \
+             AND expires_at > $3 AND (user_id IS NULL OR user_id = $2)",
+        )
+        .bind(user_code)
+        .bind(user_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| write_error(e, "device claim"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Approves the code for `user_id`, whose tokens will hang off `session_id`. Returns true if
-    /// and only if the code was pending and unexpired at `now` (one conditional `UPDATE`, so two
-    /// approvals cannot both win). `NotFound` if the user or session does not exist.
+    /// and only if the code was pending and unexpired at `now` and not claimed by someone else
+    /// (one conditional `UPDATE`, so two approvals cannot both win). `NotFound` if the user or
+    /// session does not exist.
     pub async fn approve_device(&self, user_code: &str, user_id: &str, session_id: &str, now: i64) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE device_codes SET status = 'approved', user_id = $2, session_id = $3 \
-             WHERE user_code = $1 AND status = 'pending' AND expires_at > $4",
+             WHERE user_code = $1 AND status = 'pending' AND expires_at > $4 AND (user_id IS NULL OR user_id = $2)",
         )
         .bind(user_code)
         .bind(user_id)
@@ -98,13 +115,16 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Denies the code. Returns true if and only if it was pending and unexpired at `now`.
-    pub async fn deny_device(&self, user_code: &str, now: i64) -> Result<bool> {
+    /// Denies the code as `user_id`. Returns true if and only if it was pending, unexpired at
+    /// `now` and claimed by `user_id` (see [`Store::claim_device`]).
+    pub async fn deny_device(&self, user_code: &str, user_id: &str, now: i64) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE device_codes SET status = 'denied' WHERE user_code = $1 AND status = 'pending' AND expires_at > $2",
+            "UPDATE device_codes SET status = 'denied' WHERE user_code = $1 AND status = 'pending' AND expires_at > $2 \
+             AND user_id = $3",
         )
         .bind(user_code)
         .bind(now)
+        .bind(user_id)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

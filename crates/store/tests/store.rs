@@ -931,7 +931,7 @@ async fn device_polling_honours_slow_down_and_hands_out_an_approval_once() {
 
     assert!(store.approve_device("ABCD-EFGH", "u1", "s1", NOW + 30).await.unwrap());
     assert!(!store.approve_device("ABCD-EFGH", "u1", "s1", NOW + 31).await.unwrap(), "already approved");
-    assert!(!store.deny_device("ABCD-EFGH", NOW + 31).await.unwrap(), "approved codes cannot be denied");
+    assert!(!store.deny_device("ABCD-EFGH", "u1", NOW + 31).await.unwrap(), "approved codes cannot be denied");
     assert_eq!(
         store.poll_device("dh1", NOW + 43).await.unwrap(),
         DevicePoll::Approved { user_id: "u1".into(), session_id: "s1".into() }
@@ -949,13 +949,20 @@ async fn device_codes_expire_and_can_be_denied() {
     store.create_device_code(&device_code("dh2", "BBBB-BBBB")).await.unwrap();
     store.create_device_code(&device_code("dh3", "CCCC-CCCC")).await.unwrap();
 
-    assert!(store.deny_device("AAAA-AAAA", NOW).await.unwrap());
-    assert!(!store.deny_device("AAAA-AAAA", NOW).await.unwrap());
+    // Only the user who claimed a code may deny it.
+    assert!(!store.deny_device("AAAA-AAAA", "u1", NOW).await.unwrap(), "unclaimed");
+    assert!(store.claim_device("AAAA-AAAA", "u1", NOW).await.unwrap());
+    store.create_user(&user("u2", "mallory")).await.unwrap();
+    assert!(!store.claim_device("AAAA-AAAA", "u2", NOW).await.unwrap(), "claimed by another");
+    assert!(!store.deny_device("AAAA-AAAA", "u2", NOW).await.unwrap());
+    assert!(store.deny_device("AAAA-AAAA", "u1", NOW).await.unwrap());
+    assert!(!store.deny_device("AAAA-AAAA", "u1", NOW).await.unwrap());
     assert!(!store.approve_device("AAAA-AAAA", "u1", "s1", NOW).await.unwrap(), "denied codes cannot be approved");
     assert_eq!(store.poll_device("dh1", NOW).await.unwrap(), DevicePoll::Denied);
 
     assert!(!store.approve_device("BBBB-BBBB", "u1", "s1", NOW + 600).await.unwrap(), "expired at expires_at");
-    assert!(!store.deny_device("BBBB-BBBB", NOW + 600).await.unwrap());
+    assert!(!store.claim_device("BBBB-BBBB", "u1", NOW + 600).await.unwrap());
+    assert!(!store.deny_device("BBBB-BBBB", "u1", NOW + 600).await.unwrap());
     assert_eq!(store.poll_device("dh2", NOW + 600).await.unwrap(), DevicePoll::Expired);
 
     // Approved but never collected before expiry: expired.
