@@ -200,7 +200,12 @@ pub(crate) async fn show(State(state): St, p: Principal, Path(id): Path<String>)
     } else {
         a.status.clone()
     };
+    let approver_invited_by = match &a.approver_id {
+        Some(uid) => state.store.introducers(uid, None).await?,
+        None => Vec::new(),
+    };
     Ok(Json(serde_json::json!({
+        "approver_invited_by": approver_invited_by,
         "approval_id": a.id, "kind": a.kind, "status": status, "digest": a.digest, "operation": op,
         "operation_json": a.operation_json, "created_at": a.created_at, "expires_at": a.expires_at,
         "approvals_needed": if status == "pending" { 1 } else { 0 }, "approved_by": approver, "approved_at": a.approved_at,

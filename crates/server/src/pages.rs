@@ -379,8 +379,9 @@ pub(crate) async fn approval_page(
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default();
+    let introduced = introduction_note(&state, &p, &a).await;
     if a.kind == "critical" {
-        return critical_page(&state, &a, &op, &when).await;
+        return critical_page(&state, &a, &op, &when, &introduced).await;
     }
     let paths = op["paths"]
         .as_array()
@@ -398,7 +399,7 @@ pub(crate) async fn approval_page(
 <dt>Status</dt><dd id="approval-status">{status}</dd>
 <dt>Operation digest (SHA-256)</dt><dd><code id="digest">{digest}</code></dd>
 </dl>
-<button id="approve" type="button">Approve with passkey</button> <button id="deny" type="button">Deny</button>
+{introduced}<button id="approve" type="button">Approve with passkey</button> <button id="deny" type="button">Deny</button>
 {follow}"#,
         follow = if op["destination"] == "server" {
             format!(r#"<p id="follow" hidden><a href="/restores/{}">Follow the restore</a></p>"#, esc(&a.id))
@@ -422,9 +423,46 @@ pub(crate) async fn approval_page(
     console_page("Approve a restore", "approval", &format!(r#"data-approval="{}""#, esc(&id)), &body)
 }
 
+/// Who enrolled the viewer's account (and, once decided, the approver's): an approver the
+/// requester enrolled does not count as another person, and the page says so before the
+/// passkey is touched.
+async fn introduction_note(state: &AppState, p: &crate::auth::Principal, a: &store::Approval) -> String {
+    let requester = state.store.user_by_id(&a.requester_id).await.ok().flatten().map(|u| u.username);
+    let mut out = String::new();
+    if a.requester_id != p.user.id {
+        let by = state.store.introducers(&p.user.id, None).await.unwrap_or_default();
+        if !by.is_empty() {
+            out.push_str(&format!(
+                r#"<p id="invited-by">Your account was enrolled from a link made by {}."#,
+                esc(&by.join(", "))
+            ));
+            if requester.as_ref().is_some_and(|r| by.contains(r)) {
+                out.push_str(" That is the requester: your approval does not count as another person's.");
+            }
+            out.push_str("</p>\n");
+        }
+    }
+    if let Some(approver) = &a.approver_id {
+        let name = state.store.user_by_id(approver).await.ok().flatten().map(|u| u.username).unwrap_or_default();
+        let by = state.store.introducers(approver, None).await.unwrap_or_default();
+        out.push_str(&format!(
+            r#"<p id="approver-invited-by">Approved by {}, whose account was enrolled from a link made by {}.</p>"#,
+            esc(&name),
+            esc(&if by.is_empty() { "nobody on record".to_string() } else { by.join(", ") })
+        ));
+    }
+    out
+}
+
 /// The approval page of a critical operation: every field of the operation, who asked, what
 /// is still needed, and the digest the passkey signs.
-async fn critical_page(state: &AppState, a: &store::Approval, op: &serde_json::Value, when: &str) -> Response {
+async fn critical_page(
+    state: &AppState,
+    a: &store::Approval,
+    op: &serde_json::Value,
+    when: &str,
+    introduced: &str,
+) -> Response {
     let shown = crate::critical::show(state, a).await.unwrap_or_default();
     let details: String = op
         .as_object()
@@ -450,7 +488,7 @@ async fn critical_page(state: &AppState, a: &store::Approval, op: &serde_json::V
 <dt>Approved by</dt><dd>{approved_by}</dd>
 <dt>Operation digest (SHA-256)</dt><dd><code id="digest">{digest}</code></dd>
 </dl>
-<button id="approve" type="button">Approve with passkey</button> <button id="deny" type="button">Deny</button>"#,
+{introduced}<button id="approve" type="button">Approve with passkey</button> <button id="deny" type="button">Deny</button>"#,
         when = esc(when),
         status = esc(shown["status"].as_str().unwrap_or("")),
         waiting = if waiting.is_empty() { "nothing".to_string() } else { esc(&waiting.join(", ")) },

@@ -492,6 +492,9 @@ async fn an_owner_cannot_approve_his_own_restore_through_an_account_he_enrolled(
     let id = r["approval_id"].as_str().unwrap().to_string();
     let (st, v, _) = sign_approval(&s, &mut puppet, &tp, &id).await;
     assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "policy.invited_by_requester"), "{v}");
+    // The approval page tells the puppet so before any passkey is touched (cookie: puppet's).
+    let html = s.http.get(format!("{}/approvals/{id}", s.base)).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("enrolled from a link made by owner. That is the requester"), "{html}");
     // A passkey the owner adds to someone else's account (a re-enrollment link) does not count
     // either, even on an account the owner did not create.
     let alice_id = s.state.store.user_by_name("alice").await.unwrap().unwrap().id;
