@@ -167,4 +167,112 @@ mod tests {
         swapped.signature = no_uv.signature.clone();
         assert!(verify(&key, &swapped, &ch, "localhost", "http://localhost:8440").is_err());
     }
+
+    use proptest::prelude::*;
+
+    fn b64(bytes: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = String> {
+        bytes.prop_map(|b| enc(&b))
+    }
+
+    fn challenge() -> [u8; 32] {
+        approval_challenge(&"ab".repeat(32), &[1; 32])
+    }
+
+    /// Authenticator data as recorded: any bytes, or our relying party's hash with any flags,
+    /// counter and trailing bytes.
+    fn auth_data() -> impl Strategy<Value = String> {
+        prop_oneof![
+            b64(proptest::collection::vec(any::<u8>(), 0..60)),
+            (any::<u8>(), proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(flags, rest)| {
+                let mut a = Sha256::digest(b"localhost").to_vec();
+                a.push(flags);
+                a.extend(rest);
+                enc(&a)
+            }),
+            "(?s).{0,40}",
+        ]
+    }
+
+    /// Client data as recorded: any bytes, or JSON with any type, the right or a wrong
+    /// challenge (even one that is not base64url) and any origin.
+    fn client_data() -> impl Strategy<Value = String> {
+        let kind = prop::sample::select(vec!["webauthn.get", "webauthn.create", ""]);
+        let ch = prop_oneof![Just(enc(&challenge())), "[A-Za-z0-9_=+/-]{0,50}"];
+        let origin =
+            prop::sample::select(vec!["http://localhost:8440", "http://localhost:8440/", "https://evil.example"]);
+        prop_oneof![
+            b64(proptest::collection::vec(any::<u8>(), 0..80)),
+            (kind, ch, origin).prop_map(|(t, c, o)| enc(serde_json::json!({"type": t, "challenge": c, "origin": o})
+                .to_string()
+                .as_bytes())),
+            "(?s).{0,40}",
+        ]
+    }
+
+    /// Keys as recorded: any bytes, bytes shaped like a SEC1 point or an Ed25519 key, a real key.
+    fn public_key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            b64(proptest::collection::vec(any::<u8>(), 0..80)),
+            b64(proptest::collection::vec(any::<u8>(), 64).prop_map(|p| [vec![4u8], p].concat())),
+            b64(proptest::collection::vec(any::<u8>(), 32)),
+            Just(signed(&challenge(), FLAG_UP | FLAG_UV).0.public_key),
+            "(?s).{0,40}",
+        ]
+    }
+
+    /// Signatures as recorded: any bytes, 64 bytes (Ed25519, raw ECDSA), DER-like sequences.
+    fn signature() -> impl Strategy<Value = String> {
+        prop_oneof![
+            b64(proptest::collection::vec(any::<u8>(), 0..80)),
+            b64(proptest::collection::vec(any::<u8>(), 64)),
+            b64((any::<u8>(), proptest::collection::vec(any::<u8>(), 0..72))
+                .prop_map(|(l, b)| [vec![0x30, l], b].concat())),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// An auditor's check of a recorded approval whose every field is hostile (shaped
+        /// enough to reach the key and signature parsers) says why it does not hold.
+        #[test]
+        fn arbitrary_recorded_assertions_never_panic_offline_verification(
+            alg in prop::sample::select(vec!["ES256", "EdDSA", "RS256", ""]),
+            public_key in public_key(),
+            authenticator_data in auth_data(),
+            client_data_json in client_data(),
+            signature in signature(),
+        ) {
+            let key = CredentialKey { alg: alg.into(), public_key };
+            let a = RecordedAssertion { credential_id: "c1".into(), authenticator_data, client_data_json, signature };
+            prop_assert!(verify(&key, &a, &challenge(), "localhost", "http://localhost:8440").is_err());
+        }
+
+        /// A real approval with one character of one field changed does not verify (or the
+        /// change did not alter what was signed: base64url padding is ignored).
+        #[test]
+        fn edited_approvals_never_verify(field in 0usize..5, at in any::<prop::sample::Index>(), c in any::<char>()) {
+            let (mut key, mut a) = signed(&challenge(), FLAG_UP | FLAG_UV);
+            let (k0, a0) = (key.clone(), a.clone());
+            let target = match field {
+                0 => &mut key.public_key,
+                1 => &mut key.alg,
+                2 => &mut a.authenticator_data,
+                3 => &mut a.client_data_json,
+                _ => &mut a.signature,
+            };
+            let mut chars: Vec<char> = target.chars().collect();
+            let i = at.index(chars.len());
+            chars[i] = c;
+            *target = chars.into_iter().collect();
+            let decoded_same = |x: &str, y: &str| b64url(x).ok().is_some_and(|d| b64url(y).ok() == Some(d));
+            let unchanged = key.alg == k0.alg
+                && decoded_same(&key.public_key, &k0.public_key)
+                && decoded_same(&a.authenticator_data, &a0.authenticator_data)
+                && decoded_same(&a.client_data_json, &a0.client_data_json)
+                && decoded_same(&a.signature, &a0.signature);
+            let r = verify(&key, &a, &challenge(), "localhost", "http://localhost:8440");
+            prop_assert_eq!(r.is_ok(), unchanged, "{:?}", r);
+        }
+    }
 }

@@ -268,3 +268,178 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> std::result::Result<Report, Pro
     let export = Export::read(dir).map_err(|e| problem(None, e.to_string()))?;
     verify(&export, opts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::{json_value, record, text};
+    use crate::AuditKey;
+    use proptest::prelude::*;
+
+    fn key() -> AuditKey {
+        AuditKey::from_seed("example.com/audit", [3; 32]).unwrap()
+    }
+
+    /// The checkpoint our key signs over the first `size` of `lines` (sizes past the end sign
+    /// the root of what is there, under the larger size: a checkpoint a truncated export
+    /// would be checked against).
+    fn checkpoint(lines: &[Vec<u8>], size: u64) -> String {
+        let mut tree = Tree::new();
+        for l in lines.iter().take(size as usize) {
+            tree.push(l).unwrap();
+        }
+        let root = tree.root(tree.size()).unwrap();
+        key().sign_checkpoint(size, &root).unwrap().note
+    }
+
+    /// Evidence fields as a forger would write them: credential keys and approvals whose
+    /// values have the right names but any types and contents.
+    fn evidence() -> impl Strategy<Value = serde_json::Value> {
+        let s = || prop_oneof![4 => text().prop_map(serde_json::Value::from), 1 => json_value()];
+        let credential = (prop_oneof![2 => Just(serde_json::json!("c1")), 1 => s()], s(), s())
+            .prop_map(|(id, alg, pk)| serde_json::json!({"id": id, "alg": alg, "public_key": pk}));
+        let assertion =
+            (prop_oneof![2 => Just(serde_json::json!("c1")), 1 => s()], s(), s(), s()).prop_map(|(id, a, c, sig)| {
+                serde_json::json!({
+                    "credential_id": id, "authenticator_data": a, "client_data_json": c, "signature": sig
+                })
+            });
+        let approval =
+            (s(), prop_oneof![2 => Just(serde_json::json!("00ff")), 1 => s()], s(), s(), proptest::option::of(s()))
+                .prop_map(|(d, n, rp, o, op)| {
+                    let mut v = serde_json::json!({"digest": d, "nonce": n, "rp_id": rp, "origin": o});
+                    if let Some(op) = op {
+                        v["operation_json"] = op;
+                    }
+                    v
+                });
+        (
+            proptest::option::of(credential),
+            proptest::option::of(assertion),
+            proptest::option::of(approval),
+            json_value(),
+        )
+            .prop_map(|(c, a, ap, other)| {
+                let mut d = serde_json::json!({"other": other});
+                for (k, v) in [("credential", c), ("assertion", a), ("approval", ap)] {
+                    if let Some(v) = v {
+                        d[k] = v;
+                    }
+                }
+                d
+            })
+    }
+
+    /// Canonical record lines numbered from 1 (mostly), with hostile evidence.
+    fn lines() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        let line = (record(), prop_oneof![3 => evidence(), 1 => json_value()], prop::bool::weighted(0.9));
+        proptest::collection::vec(line, 0..6).prop_map(|rs| {
+            rs.into_iter()
+                .enumerate()
+                .filter_map(|(i, (mut r, details, numbered))| {
+                    if numbered {
+                        r.seq = i as u64 + 1;
+                    }
+                    r.details = details;
+                    r.canonical().ok()
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// An export whose every file holds anything (records with and without newlines,
+        /// notes, key lines), checked with or without the auditor's own key and checkpoint,
+        /// is verified or refused with a problem, never a panic.
+        #[test]
+        fn arbitrary_exports_never_panic_verification(
+            records in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300),
+                proptest::collection::vec(
+                    prop::sample::select(vec![b'\n', b'{', b'}', b'"', b'a', b'1', b':']),
+                    0..100,
+                ),
+            ],
+            checkpoint_note in prop_oneof![Just(checkpoint(&[], 0)), "(?s).{0,200}"],
+            checkpoints in proptest::collection::vec(
+                (any::<u64>(), prop_oneof![Just(checkpoint(&[], 0)), "(?s).{0,100}"]),
+                0..3,
+            ),
+            vkey in prop_oneof![Just(key().vkey()), "(?s).{0,80}"],
+            auditor_vkey in proptest::option::of(prop_oneof![Just(key().vkey()), "(?s).{0,80}"]),
+            trusted in proptest::option::of(prop_oneof![Just(checkpoint(&[], 0)), "(?s).{0,100}"]),
+        ) {
+            let export = Export { records, checkpoint: checkpoint_note, checkpoints, vkey };
+            let opts = Options { vkey: auditor_vkey, trusted_checkpoint: trusted };
+            if let Ok(report) = verify(&export, &opts) {
+                prop_assert_eq!(report.records, 0);
+            }
+        }
+
+        /// Records that are canonical and under a valid signature, but whose evidence is
+        /// hostile (credential keys and approvals of any shape), numbered wrongly at times,
+        /// with earlier, later and trusted checkpoints of any size: verified or refused with
+        /// a problem, never a panic; a report covers exactly the records.
+        #[test]
+        fn hostile_records_under_a_valid_signature_never_panic_verification(
+            lines in lines(),
+            sizes in proptest::collection::vec(0u64..8, 0..3),
+            trusted in proptest::option::of(0u64..8),
+        ) {
+            let n = lines.len() as u64;
+            let mut records = Vec::new();
+            for l in &lines {
+                records.extend_from_slice(l);
+                records.push(b'\n');
+            }
+            let export = Export {
+                records,
+                checkpoint: checkpoint(&lines, n),
+                checkpoints: sizes.iter().map(|&s| (s, checkpoint(&lines, s))).collect(),
+                vkey: key().vkey(),
+            };
+            let opts = Options { vkey: None, trusted_checkpoint: trusted.map(|s| checkpoint(&lines, s)) };
+            if let Ok(report) = verify(&export, &opts) {
+                prop_assert_eq!(report.records, n);
+                prop_assert_eq!(report.checkpoint_size, n);
+            }
+        }
+
+        /// An export directory with files of any contents, missing files, directories where
+        /// files belong and checkpoint names of any kind is verified or refused, never a panic.
+        #[test]
+        fn arbitrary_export_directories_never_panic_verify_dir(
+            files in proptest::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        "records.jsonl", "checkpoint", "audit.vkey", "checkpoints/0", "checkpoints/1",
+                        "checkpoints/18446744073709551615", "checkpoints/99999999999999999999", "checkpoints/x",
+                        "checkpoints/-1", "checkpoints",
+                    ]),
+                    prop_oneof![proptest::collection::vec(any::<u8>(), 0..120), Just(checkpoint(&[], 0).into_bytes())],
+                    prop::bool::weighted(0.1),
+                ),
+                0..8,
+            ),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            for (name, bytes, as_dir) in files {
+                let path = dir.path().join(name);
+                if path.exists() {
+                    continue;
+                }
+                if let Some(parent) = path.parent() {
+                    if std::fs::create_dir_all(parent).is_err() {
+                        continue;
+                    }
+                }
+                let _ = if as_dir { std::fs::create_dir(&path) } else { std::fs::write(&path, bytes) };
+            }
+            if let Ok(report) = verify_dir(dir.path(), &Options::default()) {
+                prop_assert_eq!(report.records, 0);
+            }
+        }
+    }
+}

@@ -134,4 +134,95 @@ mod tests {
         let list = VerifierList::new(vec![Box::new(verifier)]);
         assert!(Note::from_bytes(note.as_bytes()).unwrap().verify(&list).is_ok());
     }
+
+    use proptest::prelude::*;
+
+    fn key() -> AuditKey {
+        AuditKey::from_seed("example.com/audit", [3; 32]).unwrap()
+    }
+
+    /// A checkpoint body with each line anything a log could claim: the origin (ours or
+    /// another), a size (any digits, signs, overflowing numbers), a root hash (base64 of any
+    /// length or not base64), extension lines, and missing or extra blank lines.
+    fn body() -> impl Strategy<Value = String> {
+        let b64 = |b: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(b);
+        let origin = prop_oneof![3 => Just("example.com/audit".to_string()), 1 => "[ -~]{0,20}"];
+        let size = prop_oneof![
+            4 => any::<u64>().prop_map(|n| n.to_string()),
+            1 => Just("18446744073709551616".to_string()),
+            1 => Just("-1".to_string()),
+            1 => Just("01".to_string()),
+            1 => "[0-9+ -]{0,22}",
+        ];
+        let hash = prop_oneof![
+            3 => any::<[u8; 32]>().prop_map(move |b| b64(b.to_vec())),
+            1 => proptest::collection::vec(any::<u8>(), 0..40).prop_map(b64),
+            1 => "[A-Za-z0-9+/=]{0,50}",
+        ];
+        let extensions = proptest::collection::vec("[ -~]{0,20}", 0..3);
+        (origin, size, hash, extensions, any::<bool>()).prop_map(|(o, n, h, ext, blank)| {
+            let mut text = format!("{o}\n{n}\n{h}\n");
+            for e in ext {
+                text.push_str(&e);
+                text.push('\n');
+            }
+            if blank {
+                text.push('\n');
+            }
+            text
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A checkpoint of any text, checked against our verifier key or a key line of any
+        /// text, is refused as a bad note.
+        #[test]
+        fn arbitrary_notes_and_keys_never_panic_checkpoint_opening(
+            note in prop_oneof!["(?s).{0,300}", Just(key().sign_checkpoint(3, &[1; 32]).unwrap().note)],
+            vkey in prop_oneof![
+                Just(key().vkey()),
+                "(?s).{0,100}",
+                "[a-z./]{1,20}\\+[0-9a-f]{8}\\+[A-Za-z0-9+/=]{0,60}",
+            ],
+            edit in proptest::option::of((any::<prop::sample::Index>(), any::<char>())),
+        ) {
+            let mut note = note;
+            if let Some((at, c)) = edit {
+                let mut chars: Vec<char> = note.chars().collect();
+                if !chars.is_empty() {
+                    let i = at.index(chars.len());
+                    chars[i] = c;
+                }
+                note = chars.into_iter().collect();
+            }
+            match Checkpoint::open(&note, &vkey) {
+                Ok(cp) => {
+                    // Only our own signature over an untouched body opens.
+                    prop_assert_eq!(vkey, key().vkey());
+                    prop_assert_eq!(cp, key().sign_checkpoint(3, &[1; 32]).unwrap());
+                }
+                Err(e) => prop_assert!(matches!(e, AuditError::Note(_)), "{e}"),
+            }
+        }
+
+        /// A note our key really signed, over any body: the body parser answers with a
+        /// checkpoint whose origin is the key's name, or refuses it, never panics.
+        #[test]
+        fn signed_notes_with_any_body_never_panic_checkpoint_opening(text in body()) {
+            let key = key();
+            let Ok(mut note) = Note::new(text.as_bytes(), &[]) else { return Ok(()) };
+            note.add_sigs(&[&key.signer]).unwrap();
+            let signed = String::from_utf8(note.to_bytes()).unwrap();
+            match Checkpoint::open(&signed, &key.vkey()) {
+                Ok(cp) => {
+                    prop_assert_eq!(cp.origin.as_str(), "example.com/audit");
+                    let head = format!("example.com/audit\n{}\n", cp.size);
+                    prop_assert!(text.starts_with(&head), "{text:?}");
+                }
+                Err(e) => prop_assert!(matches!(e, AuditError::Note(_)), "{e}"),
+            }
+        }
+    }
 }

@@ -109,6 +109,15 @@ fn read_archive(path: &Path) -> anyhow::Result<auditlog::export::Export> {
     for entry in archive.entries().with_context(|| format!("{} is not a tar archive", path.display()))? {
         let mut entry = entry?;
         let name = entry.path()?.to_string_lossy().into_owned();
+        // Only regular files hold data, so what is read is bounded by the archive's own size:
+        // a sparse entry could claim terabytes of zeros in a few hundred bytes.
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            bail!("{}: {name} is not a regular file: not an audit export", path.display());
+        }
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut entry, &mut bytes)?;
         let rel = name.split_once('/').map(|(_, r)| r).unwrap_or(&name);
@@ -173,6 +182,143 @@ pub(crate) fn verify(dir: &Path, trusted: Option<&PathBuf>, vkey: Option<&PathBu
                 println!("{}", serde_json::json!({"ok": false, "problem": p}));
             }
             bail!("audit log does NOT verify: {p}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Writes `bytes` to a file and reads it as an export archive.
+    fn read(bytes: &[u8]) -> anyhow::Result<Export> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("export.tar");
+        std::fs::write(&path, bytes).unwrap();
+        read_archive(&path)
+    }
+
+    /// A GNU header for `name` of `kind` holding `size` bytes.
+    fn header(name: &str, kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        h
+    }
+
+    /// The three files every export has, as `tar::Builder` writes them.
+    fn complete(b: &mut tar::Builder<Vec<u8>>) {
+        for (name, data) in [("e/records.jsonl", &b""[..]), ("e/checkpoint", b"note\n"), ("e/audit.vkey", b"key\n")] {
+            b.append(&header(name, tar::EntryType::Regular, data.len() as u64), data).unwrap();
+        }
+    }
+
+    /// A GNU sparse entry whose one block of one byte sits at `offset`: a few hundred bytes
+    /// of archive that expand to `offset + 1` bytes when read.
+    fn sparse(name: &str, offset: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_size(1);
+        h.set_mode(0o644);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.set_real_size(offset + 1);
+        gnu.sparse[0].set_offset(offset);
+        gnu.sparse[0].set_length(1);
+        h.set_cksum();
+        let mut out = h.as_bytes().to_vec();
+        let mut block = vec![0u8; 512];
+        block[0] = b'x';
+        out.extend(block);
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A file of any bytes given as an export archive is read or refused, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_archive_reader(
+            bytes in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..2048),
+                // A real header followed by anything: fields parse, data does not match.
+                (proptest::collection::vec(any::<u8>(), 0..1024), any::<u64>()).prop_map(|(tail, size)| {
+                    let mut b = header("e/records.jsonl", tar::EntryType::Regular, size).as_bytes().to_vec();
+                    b.extend(tail);
+                    b
+                }),
+            ],
+        ) {
+            let _ = read(&bytes);
+        }
+
+        /// Archives of regular files with any names and contents are read exactly when they
+        /// hold the three files of an export (text where text is needed).
+        #[test]
+        fn archives_of_any_files_are_read_only_when_complete(
+            files in proptest::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        "e/records.jsonl", "e/checkpoint", "e/audit.vkey", "e/checkpoints/3",
+                        "e/checkpoints/x", "records.jsonl", "e/other", "e/a/b/c",
+                    ]),
+                    prop_oneof![
+                        proptest::collection::vec(any::<u8>(), 0..64),
+                        "[ -~\n]{0,40}".prop_map(String::into_bytes),
+                    ],
+                ),
+                0..8,
+            ),
+        ) {
+            let mut b = tar::Builder::new(Vec::new());
+            for (name, data) in &files {
+                b.append(&header(name, tar::EntryType::Regular, data.len() as u64), &data[..]).unwrap();
+            }
+            let r = read(&b.into_inner().unwrap());
+            // What the reader goes by: the path below the archive's top directory.
+            let rel = |f: &'static str| f.split_once('/').map(|(_, r)| r).unwrap_or(f);
+            let has = |n: &str| files.iter().any(|(f, _)| rel(f) == n);
+            let complete = has("records.jsonl") && has("checkpoint") && has("audit.vkey");
+            let texts = files
+                .iter()
+                .filter(|(f, _)| {
+                    let r = rel(f);
+                    let numbered = r.strip_prefix("checkpoints/").is_some_and(|n| n.parse::<u64>().is_ok());
+                    r == "checkpoint" || r == "audit.vkey" || numbered
+                })
+                .all(|(_, d)| std::str::from_utf8(d).is_ok());
+            prop_assert_eq!(r.is_ok(), complete && texts, "{:?}", r.err());
+        }
+
+        /// A complete export with one entry that is not a regular file (a sparse file claiming
+        /// up to a terabyte, a link, a device, a FIFO) is refused before anything is read.
+        #[test]
+        fn archives_with_special_entries_are_refused_without_reading_them(
+            claim in prop_oneof![0u64..4096, Just(1u64 << 40), (1u64 << 30)..(1u64 << 40)],
+            kind in prop::sample::select(vec![
+                tar::EntryType::GNUSparse, tar::EntryType::Symlink, tar::EntryType::Link, tar::EntryType::Char,
+                tar::EntryType::Block, tar::EntryType::Fifo, tar::EntryType::Continuous,
+            ]),
+            name in prop::sample::select(vec!["e/records.jsonl", "e/checkpoint", "e/other"]),
+        ) {
+            let mut b = tar::Builder::new(Vec::new());
+            complete(&mut b);
+            let mut bytes = b.into_inner().unwrap();
+            // Drop the end-of-archive marker, add the entry, end the archive again.
+            bytes.truncate(bytes.len() - 1024);
+            if kind == tar::EntryType::GNUSparse {
+                bytes.extend(sparse(name, claim));
+            } else {
+                bytes.extend_from_slice(header(name, kind, 0).as_bytes());
+            }
+            bytes.extend(vec![0u8; 1024]);
+            let r = read(&bytes);
+            let refused = r.as_ref().is_err_and(|e| e.to_string().contains("not a regular file"));
+            prop_assert!(refused, "{:?}", r.map(|e| e.records.len()));
         }
     }
 }

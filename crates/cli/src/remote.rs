@@ -484,43 +484,7 @@ impl repo::restore::ContentSource for HttpContent<'_> {
                     p.take(body.len() as u64);
                 }
                 let lens: std::collections::HashMap<Id, u32> = batch.iter().copied().collect();
-                let truncated = || backend_err(anyhow::anyhow!("truncated chunk answer"));
-                let mut at = 0usize;
-                let mut got = 0usize;
-                while at < body.len() {
-                    // id[32] flags u8 (1 = zstd) raw_len u32le len u32le data[len]
-                    let head = body.get(at..at + 41).ok_or_else(truncated)?;
-                    let mut id = [0u8; 32];
-                    id.copy_from_slice(&head[..32]);
-                    let id = Id(id);
-                    let raw_len = u32::from_le_bytes([head[33], head[34], head[35], head[36]]);
-                    let len = u32::from_le_bytes([head[37], head[38], head[39], head[40]]) as usize;
-                    let data = body.get(at + 41..at + 41 + len).ok_or_else(truncated)?;
-                    let bad = |why: &str| repo::Error::Corrupt {
-                        object: format!("chunk {id} from the server"),
-                        reason: why.into(),
-                    };
-                    if lens.get(&id) != Some(&raw_len) {
-                        return Err(bad("was not asked for, or has the wrong length"));
-                    }
-                    let plain;
-                    let data = match head[32] {
-                        0 => data,
-                        1 => {
-                            plain = repo::chunker::decompress(data, raw_len as usize)
-                                .ok_or_else(|| bad("does not decompress"))?;
-                            &plain[..]
-                        }
-                        _ => return Err(bad("unknown flags")),
-                    };
-                    // Never trust the server either: the bytes must hash to the id we asked for.
-                    if data.len() != raw_len as usize || self.hasher.id(data) != id {
-                        return Err(bad("does not match its id"));
-                    }
-                    sink(&id, data)?;
-                    at += 41 + len;
-                    got += 1;
-                }
+                let got = decode_chunks(&body, &lens, &self.hasher, sink)?;
                 if got != batch.len() {
                     return Err(backend_err(anyhow::anyhow!("the server sent {got} of {} chunks", batch.len())));
                 }
@@ -528,6 +492,54 @@ impl repo::restore::ContentSource for HttpContent<'_> {
             })
         })
     }
+}
+
+/// Decodes one answer to a restore's chunk request (`stored: true`): repeated
+/// `id[32] flags u8 (1 = zstd) raw_len u32le len u32le data[len]`. Each chunk must be one that
+/// was asked for with that plaintext length (`lens`), decompress to exactly that length without
+/// allocating more than it actually produces (the length comes from the plan, which the server
+/// wrote too), and hash to its id before `sink` sees it. Returns the number of chunks.
+fn decode_chunks(
+    body: &[u8],
+    lens: &std::collections::HashMap<Id, u32>,
+    hasher: &repo::chunker::ChunkHasher,
+    sink: &(dyn Fn(&Id, &[u8]) -> repo::Result<()> + Sync),
+) -> repo::Result<usize> {
+    let truncated = || backend_err(anyhow::anyhow!("truncated chunk answer"));
+    let mut at = 0usize;
+    let mut got = 0usize;
+    while at < body.len() {
+        let head = body.get(at..at + 41).ok_or_else(truncated)?;
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&head[..32]);
+        let id = Id(id);
+        let raw_len = u32::from_le_bytes([head[33], head[34], head[35], head[36]]);
+        let len = u32::from_le_bytes([head[37], head[38], head[39], head[40]]) as usize;
+        let data = body.get(at + 41..at + 41 + len).ok_or_else(truncated)?;
+        let bad =
+            |why: &str| repo::Error::Corrupt { object: format!("chunk {id} from the server"), reason: why.into() };
+        if lens.get(&id) != Some(&raw_len) {
+            return Err(bad("was not asked for, or has the wrong length"));
+        }
+        let plain;
+        let data = match head[32] {
+            0 => data,
+            1 => {
+                plain = repo::chunker::decompress_limited(data, raw_len as usize)
+                    .ok_or_else(|| bad("does not decompress"))?;
+                &plain[..]
+            }
+            _ => return Err(bad("unknown flags")),
+        };
+        // Never trust the server either: the bytes must hash to the id we asked for.
+        if data.len() != raw_len as usize || hasher.id(data) != id {
+            return Err(bad("does not match its id"));
+        }
+        sink(&id, data)?;
+        at += 41 + len;
+        got += 1;
+    }
+    Ok(got)
 }
 
 /// `strongroom restore --vault NAME SNAPSHOT --target DIR [--include PATH]...`
@@ -619,4 +631,176 @@ pub(crate) fn restore(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    fn hasher() -> repo::chunker::ChunkHasher {
+        repo::chunker::ChunkHasher::from_key([9; 32])
+    }
+
+    /// One chunk of an answer as the server writes it (any field may lie).
+    fn frame(id: &Id, flags: u8, raw_len: u32, len: u32, data: &[u8]) -> Vec<u8> {
+        let mut b = id.0.to_vec();
+        b.push(flags);
+        b.extend_from_slice(&raw_len.to_le_bytes());
+        b.extend_from_slice(&len.to_le_bytes());
+        b.extend_from_slice(data);
+        b
+    }
+
+    /// Decodes `body`, collecting what reaches the sink.
+    fn decode(body: &[u8], lens: &HashMap<Id, u32>) -> (repo::Result<usize>, Vec<(Id, Vec<u8>)>) {
+        let seen = Mutex::new(Vec::new());
+        let r = decode_chunks(body, lens, &hasher(), &|id, data| {
+            seen.lock().unwrap().push((*id, data.to_vec()));
+            Ok(())
+        });
+        (r, seen.into_inner().unwrap())
+    }
+
+    /// How a hostile server changes an honest answer.
+    #[derive(Clone, Debug)]
+    enum Lie {
+        /// Says a chunk is longer than the answer.
+        Overlong(u32),
+        /// Cuts the answer anywhere.
+        Cut(prop::sample::Index),
+        /// Declares another plaintext length.
+        RawLen(u32),
+        /// Unknown flags.
+        Flags(u8),
+        /// A frame that expands to more than the plan's length (which says u32::MAX).
+        Bomb,
+        /// Bytes that are not what the id says.
+        Flip(prop::sample::Index),
+    }
+
+    fn lie() -> impl Strategy<Value = Lie> {
+        prop_oneof![
+            prop_oneof![1u32..64, any::<u32>()].prop_map(Lie::Overlong),
+            any::<prop::sample::Index>().prop_map(Lie::Cut),
+            any::<u32>().prop_map(Lie::RawLen),
+            (2u8..=255).prop_map(Lie::Flags),
+            Just(Lie::Bomb),
+            any::<prop::sample::Index>().prop_map(Lie::Flip),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever a server answers, the decoder refuses it or delivers only chunks that were
+        /// asked for and hash to their ids.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_restore_chunk_decoder(
+            body in proptest::collection::vec(any::<u8>(), 0..400),
+            asked in proptest::collection::vec((any::<[u8; 32]>(), any::<u32>()), 0..3),
+        ) {
+            let mut lens: HashMap<Id, u32> = asked.into_iter().map(|(id, l)| (Id(id), l)).collect();
+            // Also ask for whatever id the answer starts with, at the length it declares.
+            if body.len() >= 37 {
+                let mut id = [0u8; 32];
+                id.copy_from_slice(&body[..32]);
+                lens.insert(Id(id), u32::from_le_bytes([body[33], body[34], body[35], body[36]]));
+            }
+            let (r, seen) = decode(&body, &lens);
+            let typed = matches!(r, Ok(_) | Err(repo::Error::Corrupt { .. } | repo::Error::Backend { .. }));
+            prop_assert!(typed, "{r:?}");
+            for (id, data) in &seen {
+                prop_assert_eq!(hasher().id(data), *id);
+                prop_assert_eq!(lens.get(id).copied(), Some(data.len() as u32));
+            }
+        }
+
+        /// An honest answer (raw or compressed chunks) delivers every chunk as it was; the
+        /// same answer with one lie in it (a length past its end, a cut, another plaintext
+        /// length, unknown flags, a bomb claiming 4 GiB, changed bytes) is refused.
+        #[test]
+        fn server_answers_that_lie_are_refused(
+            chunks in proptest::collection::vec((proptest::collection::vec(0u8..4, 0..300), any::<bool>()), 1..5),
+            lie in lie(),
+            victim in any::<prop::sample::Index>(),
+        ) {
+            let h = hasher();
+            let mut lens = HashMap::new();
+            let mut parts = Vec::new();
+            for (data, compress) in &chunks {
+                let id = h.id(data);
+                lens.insert(id, data.len() as u32);
+                let stored = if *compress { zstd::bulk::compress(data, 3).unwrap() } else { data.clone() };
+                parts.push((id, u8::from(*compress), data.len() as u32, stored));
+            }
+            let encode = |parts: &[(Id, u8, u32, Vec<u8>)]| -> Vec<u8> {
+                parts.iter().flat_map(|(id, f, raw, d)| frame(id, *f, *raw, d.len() as u32, d)).collect()
+            };
+            let honest = encode(&parts);
+            let (r, seen) = decode(&honest, &lens);
+            prop_assert_eq!(r.ok(), Some(parts.len()));
+            let expected: Vec<(Id, Vec<u8>)> = chunks.iter().map(|(d, _)| (h.id(d), d.clone())).collect();
+            prop_assert_eq!(seen, expected);
+
+            let v = victim.index(parts.len());
+            let body = match lie {
+                Lie::Overlong(extra) => {
+                    let (id, f, raw, d) = &parts[v];
+                    let mut b = encode(&parts[..v]);
+                    b.extend(frame(id, *f, *raw, (d.len() as u32).saturating_add(extra), d));
+                    b
+                }
+                Lie::Cut(at) => {
+                    let at = at.index(honest.len());
+                    // A cut between two chunks is a shorter honest answer (the caller counts).
+                    let boundaries: Vec<usize> =
+                        parts.iter().scan(0, |end, p| { *end += 41 + p.3.len(); Some(*end) }).collect();
+                    if at == 0 || boundaries.contains(&at) {
+                        return Ok(());
+                    }
+                    honest[..at].to_vec()
+                }
+                Lie::RawLen(raw) => {
+                    if raw == parts[v].2 {
+                        return Ok(());
+                    }
+                    parts[v].2 = raw;
+                    encode(&parts)
+                }
+                Lie::Flags(f) => {
+                    parts[v].1 = f;
+                    encode(&parts)
+                }
+                Lie::Bomb => {
+                    // The plan and the answer claim u32::MAX bytes; the frame is a few hundred
+                    // bytes that expand to 4 MiB of zeros. Refused, having allocated what the
+                    // frame produced, not what it claimed.
+                    let claimed = u32::MAX;
+                    let bomb = zstd::bulk::compress(&vec![0u8; 4 << 20], 3).unwrap();
+                    lens.insert(parts[v].0, claimed);
+                    parts[v] = (parts[v].0, 1, claimed, bomb);
+                    encode(&parts)
+                }
+                Lie::Flip(at) => {
+                    // Other contents under the same id and length, stored the same way.
+                    let mut data = chunks[v].0.clone();
+                    if data.is_empty() {
+                        return Ok(());
+                    }
+                    let i = at.index(data.len());
+                    data[i] ^= 0x55;
+                    parts[v].3 = if chunks[v].1 { zstd::bulk::compress(&data, 3).unwrap() } else { data };
+                    encode(&parts)
+                }
+            };
+            let (r, seen) = decode(&body, &lens);
+            prop_assert!(r.is_err(), "a lying answer was accepted ({lie:?})");
+            for (id, data) in &seen {
+                prop_assert_eq!(h.id(data), *id);
+            }
+        }
+    }
 }

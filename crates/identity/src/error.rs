@@ -28,6 +28,10 @@ pub enum IdentityError {
     /// A token is missing, expired, forged or otherwise unacceptable.
     #[error("invalid token: {0}")]
     InvalidToken(String),
+    /// The authenticator's credential key uses an algorithm this server cannot verify
+    /// signatures of, so it could never sign in: refused at enrollment, saying which.
+    #[error("this authenticator's key ({0}) is not supported: it could never sign in here; use another passkey or authenticator")]
+    UnsupportedKey(String),
     /// Configuration is unusable (bad public URL, bad keys).
     #[error("configuration error: {0}")]
     Config(String),

@@ -239,17 +239,37 @@ impl RelyingParty {
             return Err(IdentityError::CredentialIdTooLong);
         }
         self.check_frame(&reg.response.client_data_json)?;
-        let credential = self.core.register_credential(reg, state, None).map_err(map_err)?;
+        let (credential, unverified) = match self.core.register_credential(reg, state, None) {
+            Ok(c) => (c, None),
+            Err(first) => {
+                // The library cannot verify every attestation statement people's authenticators
+                // make (TPM, android-key, some algorithms). Provenance is not what lets a passkey
+                // sign in: verify everything else with the statement set aside, and record the
+                // credential as unverified attestation (software strength) rather than turn the
+                // user away. Whatever failed for another reason fails again here.
+                let fmt = attestation_fmt(&reg.response.attestation_object).unwrap_or_else(|| "unknown".into());
+                let stripped = without_attestation(reg).ok_or_else(|| map_err(first))?;
+                match self.core.register_credential(&stripped, state, None) {
+                    Ok(c) => (c, Some(fmt)),
+                    Err(e) => return Err(key_error(e, &reg.response.attestation_object)),
+                }
+            }
+        };
         if credential.cred_id.len() > MAX_CREDENTIAL_ID {
             return Err(IdentityError::CredentialIdTooLong);
         }
+        check_usable(&credential)?;
         let aaguid = aaguid_of(&reg.response.attestation_object).unwrap_or(Uuid::nil());
-        let attestation_trusted =
-            !self.trusted.is_empty() && matches!(credential.verify_attestation(&self.trusted), Ok(Some(_)));
-        let attestation_format = serde_json::to_value(&credential.attestation_format)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_else(|| "unknown".into());
+        let attestation_trusted = unverified.is_none()
+            && !self.trusted.is_empty()
+            && matches!(credential.verify_attestation(&self.trusted), Ok(Some(_)));
+        let attestation_format = match unverified {
+            Some(fmt) => format!("{fmt} (unverified)"),
+            None => serde_json::to_value(&credential.attestation_format)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "unknown".into()),
+        };
         let transports = credential
             .transports
             .iter()
@@ -338,6 +358,116 @@ pub fn user_handle(pkc: &PublicKeyCredential) -> Option<Uuid> {
     pkc.get_user_unique_id().and_then(|h| Uuid::from_slice(h).ok())
 }
 
+/// The attestation object's top-level CBOR map, if it is one.
+fn attestation_map(
+    attestation_object: &[u8],
+) -> Option<std::collections::BTreeMap<serde_cbor_2::Value, serde_cbor_2::Value>> {
+    match serde_cbor_2::from_slice(attestation_object).ok()? {
+        serde_cbor_2::Value::Map(map) => Some(map),
+        _ => None,
+    }
+}
+
+/// The attestation statement format (`fmt`) of an attestation object.
+fn attestation_fmt(attestation_object: &[u8]) -> Option<String> {
+    attestation_map(attestation_object)?.into_iter().find_map(|(k, v)| match (k, v) {
+        (serde_cbor_2::Value::Text(k), serde_cbor_2::Value::Text(v)) if k == "fmt" => {
+            Some(v.chars().take(32).collect())
+        }
+        _ => None,
+    })
+}
+
+/// The same registration with its attestation statement replaced by `none` (authenticator
+/// data, client data and everything they are checked against unchanged).
+fn without_attestation(reg: &RegisterPublicKeyCredential) -> Option<RegisterPublicKeyCredential> {
+    use serde_cbor_2::Value;
+    let map = attestation_map(&reg.response.attestation_object)?;
+    let auth_data = map.get(&Value::Text("authData".into()))?.clone();
+    let stripped = std::collections::BTreeMap::from([
+        (Value::Text("fmt".into()), Value::Text("none".into())),
+        (Value::Text("attStmt".into()), Value::Map(Default::default())),
+        (Value::Text("authData".into()), auth_data),
+    ]);
+    let mut out = reg.clone();
+    out.response.attestation_object = serde_cbor_2::to_vec(&Value::Map(stripped)).ok()?;
+    Some(out)
+}
+
+/// COSE algorithms whose assertion signatures `webauthn-rs-core` 0.6.2 verifies. It parses
+/// EdDSA and ES512 keys too but cannot verify their signatures, so such a credential could
+/// never sign in: it is refused at enrollment with [`IdentityError::UnsupportedKey`].
+pub const VERIFIABLE_ALGORITHMS: [webauthn_rs_core::proto::COSEAlgorithm; 3] = [
+    webauthn_rs_core::proto::COSEAlgorithm::ES256,
+    webauthn_rs_core::proto::COSEAlgorithm::ES384,
+    webauthn_rs_core::proto::COSEAlgorithm::RS256,
+];
+
+/// Refuses a credential whose key the library could not verify assertions with.
+fn check_usable(c: &Credential) -> Result<(), IdentityError> {
+    let alg = c.cred.type_;
+    if !VERIFIABLE_ALGORITHMS.contains(&alg) {
+        return Err(IdentityError::UnsupportedKey(format!("{alg:?}")));
+    }
+    // An RSA key the library cannot load (an unusual size) fails when it is loaded, which
+    // `verify_signature` does first; an empty signature then fails as a signature, which
+    // means the key itself is usable.
+    match c.cred.verify_signature(&[], b"") {
+        Ok(_) | Err(WebauthnError::SignatureInvalid) => Ok(()),
+        Err(e) => Err(IdentityError::UnsupportedKey(format!("{alg:?}: {e}"))),
+    }
+}
+
+/// A registration that failed even without its attestation statement: a key algorithm the
+/// library cannot use is said plainly (with the COSE algorithm the authenticator named);
+/// anything else keeps its usual mapping.
+fn key_error(e: WebauthnError, attestation_object: &[u8]) -> IdentityError {
+    use WebauthnError as W;
+    match e {
+        W::COSEKeyInvalidType
+        | W::COSEKeyEDUnsupported
+        | W::SshPublicKeyEDUnsupported
+        | W::RsaParametersInvalid
+        | W::COSEKeyECDSAInvalidCurve
+        | W::COSEKeyEDDSAInvalidCurve
+        | W::COSEKeyInvalidAlgorithm
+        | W::COSEKeyInvalidCBORValue
+        | W::COSEKeyRSANEInvalid => {
+            let alg = credential_alg(attestation_object)
+                .map(|a| format!("COSE algorithm {a}"))
+                .unwrap_or_else(|| "unknown algorithm".into());
+            IdentityError::UnsupportedKey(format!("{alg}: {e}"))
+        }
+        // Also what the library answers for an excluded credential: only a key algorithm we
+        // did not ask for is an unsupported key.
+        W::CredentialAlteredAlgFromRequest
+            if credential_alg(attestation_object)
+                .is_some_and(|a| !VERIFIABLE_ALGORITHMS.iter().any(|v| *v as i128 == a)) =>
+        {
+            IdentityError::UnsupportedKey(format!("COSE algorithm {}", credential_alg(attestation_object).unwrap_or(0)))
+        }
+        other => map_err(other),
+    }
+}
+
+/// The COSE `alg` (label 3) of the credential public key in an attestation object's
+/// authenticator data, if it parses.
+fn credential_alg(attestation_object: &[u8]) -> Option<i128> {
+    use serde_cbor_2::Value;
+    let map = attestation_map(attestation_object)?;
+    let Value::Bytes(auth_data) = map.get(&Value::Text("authData".into()))? else { return None };
+    // rpIdHash 32, flags 1, counter 4, AAGUID 16, credential id length 2, id, then the key.
+    let id_len = usize::from(u16::from_be_bytes([*auth_data.get(53)?, *auth_data.get(54)?]));
+    let key_bytes = auth_data.get(55 + id_len..)?;
+    let mut de = serde_cbor_2::Deserializer::from_slice(key_bytes);
+    let key: Value = serde::Deserialize::deserialize(&mut de).ok()?;
+    let Value::Map(key) = key else { return None };
+    match key.get(&Value::Integer(3))? {
+        Value::Integer(alg) => Some(*alg),
+        _ => None,
+    }
+}
+
 /// Reads the AAGUID from an attestation object (CBOR map; `authData` bytes 37..53).
 fn aaguid_of(attestation_object: &[u8]) -> Option<Uuid> {
     let value: serde_cbor_2::Value = serde_cbor_2::from_slice(attestation_object).ok()?;
@@ -352,6 +482,9 @@ fn aaguid_of(attestation_object: &[u8]) -> Option<Uuid> {
     }
     Uuid::from_slice(&auth_data[37..53]).ok()
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {

@@ -160,10 +160,14 @@ impl TokenSigner {
         v.set_audience(&[&self.audience]);
         let data = jsonwebtoken::decode::<AccessClaims>(token, &dec, &v).map_err(|e| bad(&format!("{e}")))?;
         let c = data.claims;
-        if now >= c.exp + LEEWAY_SECONDS {
+        // In i128: times anywhere in the i64 range neither overflow nor wrap into a lifetime
+        // that looks short.
+        let (exp, iat, at) = (i128::from(c.exp), i128::from(c.iat), i128::from(now));
+        let leeway = i128::from(LEEWAY_SECONDS);
+        if at >= exp + leeway {
             return Err(bad("expired"));
         }
-        if c.iat > now + LEEWAY_SECONDS || c.exp - c.iat > ACCESS_TOKEN_SECONDS {
+        if iat > at + leeway || exp - iat > i128::from(ACCESS_TOKEN_SECONDS) {
             return Err(bad("issued in the future or with too long a lifetime"));
         }
         Ok(c)
@@ -233,5 +237,93 @@ mod tests {
         assert!(other.verify(&t1, now).is_err());
         let wrong_aud = TokenSigner::new("http://localhost:8440", "other", &[]).err();
         assert!(wrong_aud.is_some(), "a signer needs a key");
+    }
+
+    use proptest::prelude::*;
+
+    /// One signer for every case (a fixed seed: the tests stay deterministic).
+    fn signer() -> TokenSigner {
+        let seed = hex::encode([7u8; 32]);
+        let kid = kid_of(&SigningKey::from_bytes(&[7u8; 32]));
+        let key = StoredKey { kid, seed_hex: Zeroizing::new(seed), created: 0 };
+        TokenSigner::new("http://localhost:8440", "strongroom", &[key]).unwrap()
+    }
+
+    fn is_invalid_token(r: &Result<AccessClaims, IdentityError>) -> bool {
+        matches!(r, Err(IdentityError::InvalidToken(_)))
+    }
+
+    /// Headers an attacker would try: our algorithm or others (`none`, HMAC with the public
+    /// key as secret), our key id or another, and headers that are not JSON objects at all.
+    fn header() -> impl Strategy<Value = Vec<u8>> {
+        let alg = prop::sample::select(vec!["EdDSA", "none", "HS256", "RS256", "ES256", "eddsa", ""]);
+        let kid = prop_oneof![
+            Just(None),
+            Just(Some(kid_of(&SigningKey::from_bytes(&[7u8; 32])))),
+            "[0-9a-f]{0,20}".prop_map(Some)
+        ];
+        prop_oneof![
+            3 => (alg, kid).prop_map(|(alg, kid)| {
+                let mut h = serde_json::json!({ "alg": alg, "typ": "JWT" });
+                if let Some(kid) = kid {
+                    h["kid"] = serde_json::json!(kid);
+                }
+                serde_json::to_vec(&h).unwrap()
+            }),
+            1 => proptest::collection::vec(any::<u8>(), 0..80),
+            1 => Just(b"[]".to_vec()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any string presented as a bearer token is refused as an invalid token.
+        #[test]
+        fn arbitrary_strings_are_refused_as_invalid_tokens(token in "(?s).{0,300}", now in any::<i64>()) {
+            prop_assert!(is_invalid_token(&signer().verify(&token, now)));
+        }
+
+        /// Three base64url parts of garbage, or of a plausible header and payload with a forged
+        /// signature, are refused as invalid tokens.
+        #[test]
+        fn three_base64_parts_of_garbage_are_refused(
+            header in header(),
+            payload in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..120),
+                Just(br#"{"iss":"http://localhost:8440","sub":"u1","aud":"strongroom","exp":9e99,"iat":0}"#.to_vec()),
+            ],
+            signature in proptest::collection::vec(any::<u8>(), 0..80),
+            now in any::<i64>(),
+        ) {
+            let token = format!("{}.{}.{}", b64(&header), b64(&payload), b64(&signature));
+            prop_assert!(is_invalid_token(&signer().verify(&token, now)));
+        }
+
+        /// A token really signed by our key but carrying any times (expiry, issue time, at any
+        /// `now`, including the ends of the i64 range) is accepted only if it is within its
+        /// lifetime, and never makes verification panic.
+        #[test]
+        fn signed_tokens_with_any_times_never_panic_verification(
+            exp in prop_oneof![any::<i64>(), Just(i64::MAX), Just(i64::MIN), -2000i64..2000],
+            iat in prop_oneof![any::<i64>(), Just(i64::MAX), Just(i64::MIN), -2000i64..2000],
+            now in prop_oneof![any::<i64>(), Just(i64::MAX), Just(i64::MIN), -2000i64..2000],
+        ) {
+            let s = signer();
+            let mut c = claims(0);
+            c.exp = exp;
+            c.iat = iat;
+            let token = s.sign(&c).unwrap();
+            match s.verify(&token, now) {
+                Ok(back) => {
+                    prop_assert_eq!(back, c);
+                    let (exp, iat, now) = (i128::from(exp), i128::from(iat), i128::from(now));
+                    let leeway = i128::from(LEEWAY_SECONDS);
+                    prop_assert!(now < exp + leeway && iat <= now + leeway);
+                    prop_assert!(exp - iat <= i128::from(ACCESS_TOKEN_SECONDS));
+                }
+                Err(e) => prop_assert!(matches!(e, IdentityError::InvalidToken(_)), "{e}"),
+            }
+        }
     }
 }

@@ -165,3 +165,88 @@ fn decode_wrapped(b64: &str) -> Option<[u8; WRAPPED_LEN]> {
     let v = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
     v.try_into().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn blob() -> impl Strategy<Value = IndexBlob> {
+        (any::<u32>(), 0u8..4, any::<bool>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
+            |(n, id, tree, offset, len, raw_len, compressed)| IndexBlob {
+                n,
+                // Few distinct ids, so the same blob shows up in several packs.
+                id: Id([id; 32]),
+                kind: if tree { BlobKind::Tree } else { BlobKind::Data },
+                offset,
+                len,
+                raw_len,
+                compressed,
+            },
+        )
+    }
+
+    fn pack() -> impl Strategy<Value = IndexPack> {
+        let key = prop_oneof![
+            proptest::collection::vec(any::<u8>(), WRAPPED_LEN)
+                .prop_map(|k| base64::engine::general_purpose::STANDARD.encode(k)),
+            proptest::collection::vec(any::<u8>(), 0..80)
+                .prop_map(|k| base64::engine::general_purpose::STANDARD.encode(k)),
+            "[A-Za-z0-9+/=\\-_ ]{0,90}",
+        ];
+        (0u8..3, any::<u64>(), any::<u32>(), key, proptest::collection::vec(blob(), 0..5)).prop_map(
+            |(id, size, kek_version, key, blobs)| IndexPack { id: Id([id; 32]), size, kek_version, key, blobs },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Index-file JSON of any bytes parses or is refused, and whatever parses is added to
+        /// an index (or refused as corrupt) without a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic_index_file_parsing(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(file) = serde_json::from_slice::<IndexFile>(&bytes) {
+                let _ = Index::default().add_file("index/x", &file);
+            }
+        }
+
+        /// Index files with any numbers, duplicate packs and blobs, and keys of any length or
+        /// alphabet: a pack whose key is not exactly a wrapped key is refused as corrupt, and
+        /// every blob of a newly indexed pack is found afterwards.
+        #[test]
+        fn arbitrary_index_files_never_panic_the_index(
+            files in proptest::collection::vec(proptest::collection::vec(pack(), 0..4), 1..4),
+        ) {
+            let mut index = Index::default();
+            for packs in files {
+                let file = IndexFile { packs, supersedes: Vec::new() };
+                let json = serde_json::to_vec(&file).unwrap_or_default();
+                let back: Option<IndexFile> = serde_json::from_slice(&json).ok();
+                prop_assert_eq!(back.as_ref(), Some(&file));
+                // A pack already indexed is skipped (same id, same bytes): only new ones add blobs.
+                let mut known: std::collections::HashSet<Id> = index.packs().iter().map(|p| p.id).collect();
+                let added: Vec<Id> = file
+                    .packs
+                    .iter()
+                    .filter(|p| known.insert(p.id))
+                    .flat_map(|p| p.blobs.iter().map(|b| b.id))
+                    .collect();
+                match index.add_file("index/x", &file) {
+                    Ok(()) => {
+                        for id in &added {
+                            prop_assert!(index.contains(id));
+                        }
+                    }
+                    Err(e) => {
+                        prop_assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+                        prop_assert!(file.packs.iter().any(|p| decode_wrapped(&p.key).is_none()));
+                    }
+                }
+            }
+            for (_, loc) in index.blobs() {
+                prop_assert!(index.pack(loc.pack).is_some());
+            }
+        }
+    }
+}

@@ -325,4 +325,90 @@ mod tests {
             let _ = read_all(&kek, &bytes);
         }
     }
+
+    /// A footer of the right length with both magics, then arbitrary bytes in between.
+    fn footer_like(mut middle: Vec<u8>) -> Vec<u8> {
+        middle.resize(FOOTER_LEN, 0);
+        middle[..4].copy_from_slice(PACK_MAGIC);
+        middle[FOOTER_LEN - 4..].copy_from_slice(PACK_MAGIC);
+        middle
+    }
+
+    /// An entry of a pack header with the given fields (any bytes where the format has bytes).
+    fn entry(id: [u8; 32], kind: u8, flags: u8, offset: u32, len: u32, raw_len: u32) -> Vec<u8> {
+        let mut e = id.to_vec();
+        e.extend_from_slice(&[kind, flags, 0, 0]);
+        for v in [offset, len, raw_len] {
+            e.extend_from_slice(&v.to_le_bytes());
+        }
+        e
+    }
+
+    fn hostile_entry() -> impl Strategy<Value = Vec<u8>> {
+        let field = || prop_oneof![0u32..64, any::<u32>(), Just(u32::MAX)];
+        (any::<[u8; 32]>(), 0u8..3, 0u8..3, field(), field(), field())
+            .prop_map(|(id, kind, flags, offset, len, raw_len)| entry(id, kind, flags, offset, len, raw_len))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The last bytes of any object named as a pack: a footer or a typed refusal.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_footer_parser(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2 * FOOTER_LEN),
+            magic in any::<bool>(),
+        ) {
+            let tail = if magic { footer_like(bytes) } else { bytes };
+            match parse_footer("p", &tail) {
+                Ok(f) => {
+                    prop_assert_eq!(tail.len(), FOOTER_LEN);
+                    // What parses re-encodes to the same bytes but for the three reserved ones.
+                    let back = f.encode();
+                    prop_assert_eq!(&back[..5], &tail[..5]);
+                    prop_assert_eq!(&back[8..], &tail[8..]);
+                }
+                Err(e) => prop_assert!(matches!(e, Error::Corrupt { .. }), "{e}"),
+            }
+        }
+
+        /// Header ciphertext that is not ours (any bytes, any claimed end of data) is refused.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_header_parser(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            data_end in any::<u64>(),
+        ) {
+            let dek = Key::generate(&mut OsRng);
+            let r = parse_header("p", &dek, &bytes, data_end);
+            prop_assert!(matches!(r, Err(Error::Corrupt { .. })), "{r:?}");
+        }
+
+        /// A header that authenticates (sealed with the pack's key, so written by someone who
+        /// had it) but says anything: counts that do not match, counts near `MAX_BLOBS`, unknown
+        /// kinds and flags, blobs beyond the data or shorter than a tag. Parsed entries always
+        /// lie within the pack's data.
+        #[test]
+        fn authenticated_hostile_headers_never_panic(
+            entries in proptest::collection::vec(hostile_entry(), 0..6),
+            count in prop_oneof![Just(None), any::<u32>().prop_map(Some), Just(Some(MAX_BLOBS as u32 + 1))],
+            junk in proptest::collection::vec(any::<u8>(), 0..3),
+            data_end in prop_oneof![0u64..4096, any::<u64>()],
+        ) {
+            let dek = Key::generate(&mut OsRng);
+            let mut plain = count.unwrap_or(entries.len() as u32).to_le_bytes().to_vec();
+            plain.extend(entries.concat());
+            plain.extend(junk);
+            dek.seal_in_place(&blob_nonce(HEADER_NONCE_INDEX), b"SRH1", &mut plain);
+            match parse_header("p", &dek, &plain, data_end) {
+                Ok(parsed) => {
+                    prop_assert_eq!(parsed.len(), entries.len());
+                    for e in parsed {
+                        prop_assert!(e.len as usize >= TAG_LEN);
+                        prop_assert!(u64::from(e.offset) + u64::from(e.len) <= data_end);
+                    }
+                }
+                Err(e) => prop_assert!(matches!(e, Error::Corrupt { .. }), "{e}"),
+            }
+        }
+    }
 }

@@ -118,4 +118,65 @@ mod tests {
             prop_assert!(r.is_err());
         }
     }
+
+    /// A sealed object whose authenticated body is `body` exactly (no compression applied):
+    /// what someone holding the KEK could write.
+    fn seal_raw(kind: u8, name: &str, body: &[u8], kek: &Key) -> Vec<u8> {
+        let dek = Key::generate(&mut OsRng);
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&[kind, 0, 0, 0]);
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&kek.wrap(&dek, DEK_AAD, &mut OsRng));
+        let mut aad = out.clone();
+        aad.extend_from_slice(name.as_bytes());
+        let mut body = body.to_vec();
+        dek.seal_in_place(&[0u8; NONCE_LEN], &aad, &mut body);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any object named as an index file or snapshot (any bytes, or a valid-looking header
+        /// of any kind and key version followed by any bytes) is refused as corrupt.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_sealed_opener(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            header in proptest::option::of((any::<u8>(), any::<u32>())),
+        ) {
+            let kek = Key::generate(&mut OsRng);
+            let mut bytes = bytes;
+            if let Some((kind, version)) = header {
+                let mut h = MAGIC.to_vec();
+                h.extend_from_slice(&[kind, 0, 0, 0]);
+                h.extend_from_slice(&version.to_le_bytes());
+                h.extend(bytes);
+                bytes = h;
+            }
+            for kind in [ObjectKind::Index, ObjectKind::Snapshot] {
+                let r = open(kind, "index/x", &bytes, |v| (v == 1).then_some(&kek));
+                prop_assert!(matches!(r, Err(Error::Corrupt { .. })), "{r:?}");
+            }
+        }
+
+        /// An authenticated body that is not a zstd frame (or is one of arbitrary contents) is
+        /// refused, or opens to exactly what was compressed: never a panic.
+        #[test]
+        fn authenticated_arbitrary_bodies_never_panic_the_sealed_opener(
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            compress in any::<bool>(),
+        ) {
+            let kek = Key::generate(&mut OsRng);
+            let stored = if compress { zstd::bulk::compress(&body, 3).unwrap_or_default() } else { body.clone() };
+            let sealed = seal_raw(ObjectKind::Snapshot as u8, "snapshots/a", &stored, &kek);
+            match open(ObjectKind::Snapshot, "snapshots/a", &sealed, |_| Some(&kek)) {
+                Ok(plain) => prop_assert!(!compress || plain == body),
+                Err(e) => {
+                    prop_assert!(!compress);
+                    prop_assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+                }
+            }
+        }
+    }
 }

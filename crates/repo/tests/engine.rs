@@ -1262,6 +1262,289 @@ fn a_decompression_bomb_is_refused_before_anything_is_allocated() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Property tests: hostile chunks and plans
+// ---------------------------------------------------------------------------------------------
+
+mod hostile_input {
+    use super::*;
+    use proptest::prelude::*;
+    use repo::model::{Node, NodeKind, RawName};
+    use repo::pack::BlobKind;
+    use repo::restore::{restore_plan, PlanEntry};
+    use repo::writer::{max_raw_len, verify_chunk};
+    use repo::PreparedChunk;
+
+    /// `cases` cases; failures are kept beside this file (an integration test has no
+    /// `lib.rs` above it for proptest's default place).
+    fn config(cases: u32) -> ProptestConfig {
+        let persistence = proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions");
+        ProptestConfig { cases, failure_persistence: Some(Box::new(persistence)), ..ProptestConfig::default() }
+    }
+
+    /// One small repository for every case: `verify_chunk` only reads its config and keys.
+    static REPO: std::sync::LazyLock<Repository> =
+        std::sync::LazyLock::new(|| init(Arc::new(MemBackend::new()), small_opts()));
+
+    /// What a client might put in a chunk: noise, JSON that is almost a listing, or a
+    /// listing with hostile names and fields.
+    fn payload() -> impl Strategy<Value = Vec<u8>> {
+        let name = prop::sample::select(vec!["a", "b", ".", "..", "/etc", "a/b", "\u{0}", "", "é"]);
+        let kind = prop::sample::select(vec!["dir", "file", "symlink", "hardlink", "socket"]);
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..200),
+            (name.clone(), kind, any::<u64>(), name, any::<bool>()).prop_map(|(name, kind, size, other, sub)| {
+                let mut node = serde_json::json!({
+                    "name": name, "type": kind, "mode": 0o755, "uid": 0, "gid": 0, "mtime_ns": 0,
+                    "atime_ns": 0, "size": size, "target": other, "link": other,
+                });
+                if sub {
+                    node["subtree"] = serde_json::json!("11".repeat(32));
+                }
+                serde_json::to_vec(&serde_json::json!({ "nodes": [node] })).unwrap()
+            }),
+            Just(b"{\"nodes\":[]}".to_vec()),
+            Just(b"{\"nodes\":{}}".to_vec()),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum ClaimedId {
+        /// The keyed hash of the plaintext (an honest client).
+        Honest,
+        /// Any 32 bytes.
+        Any([u8; 32]),
+    }
+
+    #[derive(Debug, Clone)]
+    enum Len {
+        /// The plaintext's true length.
+        True,
+        /// Off by a little.
+        Off(i8),
+        /// Anything up to `u32::MAX`.
+        Any(u32),
+    }
+
+    /// Lengths at the edges: the test repository's largest chunk, where `decompress_limited`
+    /// switches to streaming, the largest listing.
+    const LIMITS: [u32; 6] = [256 << 10, (256 << 10) + 1, 16 << 20, (16 << 20) + 1, 1 << 27, (1 << 27) + 1];
+
+    fn chunk() -> impl Strategy<Value = PreparedChunk> {
+        let id = prop_oneof![3 => Just(ClaimedId::Honest), 1 => any::<[u8; 32]>().prop_map(ClaimedId::Any)];
+        let len = prop_oneof![
+            6 => Just(Len::True),
+            2 => any::<i8>().prop_map(Len::Off),
+            1 => any::<u32>().prop_map(Len::Any),
+            1 => Just(Len::Any(u32::MAX)),
+            // Around the limits: the chunker's largest chunk, 16 MiB, the largest listing.
+            1 => prop::sample::select(LIMITS.to_vec()).prop_map(Len::Any),
+        ];
+        // 0: stored raw; 1: a zstd frame of the payload; 2: the payload claims to be a frame.
+        let stored = prop_oneof![2 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)];
+        (any::<bool>(), payload(), id, len, stored).prop_map(|(tree, plain, id, len, stored)| {
+            let repo = &*REPO;
+            let id = match id {
+                ClaimedId::Honest => repo.hasher().id(&plain),
+                ClaimedId::Any(b) => Id(b),
+            };
+            let raw_len = match len {
+                Len::True => plain.len() as u32,
+                Len::Off(d) => (plain.len() as i64 + i64::from(d)).clamp(0, i64::from(u32::MAX)) as u32,
+                Len::Any(n) => n,
+            };
+            let (compressed, data) = match stored {
+                0 => (false, plain),
+                1 => (true, zstd::bulk::compress(&plain, 3).unwrap()),
+                _ => (true, plain),
+            };
+            PreparedChunk { id, kind: if tree { BlobKind::Tree } else { BlobKind::Data }, raw_len, compressed, data }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        /// Any chunk a client can upload (any kind, any id, `raw_len` up to `u32::MAX`, stored
+        /// raw or as a frame, or claiming to be one) is accepted or refused with a typed error;
+        /// accepted chunks are exactly what their id says, within the limits, and listings
+        /// among them validate. An honest data chunk is always accepted.
+        #[test]
+        fn arbitrary_chunks_are_refused_with_a_typed_error_never_a_panic(c in chunk()) {
+            let repo = &*REPO;
+            let result = verify_chunk(repo, &c);
+            let plain = if c.compressed { zstd::bulk::decompress(&c.data, 1 << 20).ok() } else { Some(c.data.clone()) };
+            let honest = plain.as_ref().is_some_and(|p| p.len() == c.raw_len as usize && repo.hasher().id(p) == c.id);
+            match (&result, c.kind) {
+                (Ok(()), kind) => {
+                    prop_assert!(honest, "a chunk that is not what its id says was accepted");
+                    prop_assert!(c.raw_len as usize <= max_raw_len(repo, kind));
+                    if kind == BlobKind::Tree {
+                        let tree: repo::model::Tree = serde_json::from_slice(plain.as_deref().unwrap()).unwrap();
+                        prop_assert!(repo::tree::validate(&tree).is_ok());
+                    }
+                }
+                (Err(Error::InvalidTree { .. }), BlobKind::Tree) | (Err(Error::Invalid(_)), BlobKind::Data) => {
+                    prop_assert!(!(honest && c.kind == BlobKind::Data), "an honest chunk was refused: {result:?}");
+                }
+                (Err(e), kind) => prop_assert!(false, "{kind:?} chunk refused with the wrong error: {e}"),
+            }
+        }
+    }
+
+    /// Paths of a hostile plan: mostly ordinary names (so many plans get as far as writing),
+    /// sometimes `.`, `..`, empty, NUL or a leading `/`.
+    fn path() -> impl Strategy<Value = Vec<u8>> {
+        let component = prop_oneof![
+            30 => prop::sample::select(vec![&b"a"[..], b"b", b"escape", b"pwned"]),
+            1 => prop::sample::select(vec![&b"."[..], b"..", b"", b"\0", b"a\0b", b"/"]),
+        ];
+        (proptest::collection::vec(component, 1..4), prop::bool::weighted(0.02)).prop_map(|(parts, absolute)| {
+            let joined = parts.join(&b'/');
+            if absolute {
+                [&b"/"[..], &joined].concat()
+            } else {
+                joined
+            }
+        })
+    }
+
+    /// Chunks the test source serves (any bytes, whatever length the plan says).
+    fn served_ids() -> Vec<Id> {
+        (0..3).map(|i| Id([i; 32])).collect()
+    }
+
+    fn content() -> impl Strategy<Value = Content> {
+        prop_oneof![
+            (0u8..3, 0u32..64).prop_map(|(i, len)| Content::Chunk { id: Id([i; 32]), len }),
+            prop_oneof![18 => 0u64..4096, 1 => Just(u64::MAX), 1 => Just(1 << 62)]
+                .prop_map(|zero| Content::Zero { zero }),
+        ]
+    }
+
+    /// Stands for the sibling directory's absolute path in generated symlink targets.
+    const OUTSIDE: &[u8] = b"\x01outside";
+
+    /// A plan entry of any kind whose fields point anywhere: at the sibling directory
+    /// (absolute, or through `..`), at other entries, or nowhere.
+    fn entry() -> impl Strategy<Value = PlanEntry> {
+        let kind = prop_oneof![
+            3 => Just(NodeKind::Dir),
+            3 => Just(NodeKind::File),
+            2 => Just(NodeKind::Symlink),
+            2 => Just(NodeKind::Hardlink),
+        ];
+        let target = prop_oneof![
+            1 => Just(None),
+            3 => Just(Some(OUTSIDE.to_vec())),
+            3 => Just(Some(b"../outside".to_vec())),
+            3 => path().prop_map(Some),
+        ];
+        let link = proptest::option::weighted(0.9, path());
+        let fields = (proptest::collection::vec(content(), 0..3), target, link);
+        (path(), kind, fields, any::<u32>(), prop::bool::weighted(0.9)).prop_map(
+            |(path, kind, (content, target, link), mode, fit)| {
+                let size = content.iter().try_fold(0u64, |s, c| s.checked_add(c.len())).unwrap_or(0);
+                let name = path.rsplit(|&b| b == b'/').next().unwrap_or_default().to_vec();
+                let mut node = Node {
+                    name: RawName(name),
+                    kind,
+                    // Owner access always, so the temporary directory can be removed by anyone.
+                    mode: mode | 0o700,
+                    uid: 0,
+                    gid: 0,
+                    mtime_ns: 0,
+                    atime_ns: 0,
+                    size,
+                    inode: 0,
+                    content,
+                    subtree: Some(Id([1; 32])),
+                    target: target.map(RawName),
+                    link: link.map(RawName),
+                };
+                if fit {
+                    // Only the kind's own fields, so more plans get past validation.
+                    node.subtree = node.subtree.filter(|_| kind == NodeKind::Dir);
+                    node.target = node.target.take().filter(|_| kind == NodeKind::Symlink);
+                    node.link = node.link.take().filter(|_| kind == NodeKind::Hardlink);
+                    if kind != NodeKind::File {
+                        node.content.clear();
+                    }
+                }
+                PlanEntry { path: RawName(path), node }
+            },
+        )
+    }
+
+    /// The plan with a directory entry for every parent it lacks, parents before their
+    /// contents and each path once, as a real plan has them (entries keep their hostile
+    /// kinds and fields: a parent may still be a file or a symlink).
+    fn tidied(mut plan: Vec<PlanEntry>) -> Vec<PlanEntry> {
+        let parents: Vec<Vec<u8>> = plan
+            .iter()
+            .flat_map(|e| {
+                let p = &e.path.0;
+                p.iter().enumerate().filter(|(_, &b)| b == b'/').map(|(i, _)| p[..i].to_vec()).collect::<Vec<_>>()
+            })
+            .collect();
+        for p in parents {
+            let name = RawName(p.rsplit(|&b| b == b'/').next().unwrap_or_default().to_vec());
+            let node = Node { name, subtree: Some(Id([1; 32])), ..testkit::hostile::node("", NodeKind::Dir) };
+            plan.push(PlanEntry { path: RawName(p), node });
+        }
+        plan.sort_by(|a, b| a.path.cmp(&b.path));
+        plan.dedup_by(|a, b| a.path == b.path);
+        plan
+    }
+
+    /// Names in a directory, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        /// Small plans of random paths (made of `a`, `..`, `.`, `/`, NUL, empty names) and
+        /// kinds, with symlinks at a sibling directory and links to it planted in the target,
+        /// restore or are refused without a panic, and never create, change or remove
+        /// anything outside the target.
+        #[test]
+        fn hostile_restore_plans_never_write_outside_the_target(
+            plan in proptest::collection::vec(entry(), 0..8),
+            plant in any::<bool>(),
+            tidy in prop::bool::weighted(0.75),
+            served in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 3),
+        ) {
+            let tmp = tempdir();
+            let outside = tmp.path().join("outside");
+            fs::create_dir(&outside).unwrap();
+            fs::write(outside.join("keep.txt"), b"must not change\n").unwrap();
+            let before = contents(&outside);
+            let target = tmp.path().join("target");
+            if plant {
+                fs::create_dir(&target).unwrap();
+                std::os::unix::fs::symlink(&outside, target.join("escape")).unwrap();
+                std::os::unix::fs::symlink(&outside, target.join("a")).unwrap();
+            }
+            let mut plan = if tidy { tidied(plan) } else { plan };
+            for e in &mut plan {
+                if e.node.target.as_ref().is_some_and(|t| t.0 == OUTSIDE) {
+                    e.node.target = Some(RawName::from_os(outside.as_os_str()));
+                }
+            }
+            let source = Served(served_ids().into_iter().zip(served).collect());
+            let _ = restore_plan(plan, &target, false, &RestoreProgress::default(), &source);
+            prop_assert_eq!(contents(&outside), before, "the restore changed the sibling directory");
+            prop_assert_eq!(names(&outside), vec!["keep.txt".to_string()]);
+            prop_assert_eq!(names(tmp.path()), vec!["outside".to_string(), "target".to_string()]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Retention, prune, repair
 // ---------------------------------------------------------------------------------------------
 

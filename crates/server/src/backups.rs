@@ -598,6 +598,72 @@ mod tests {
         assert!(parse_batch(&b[..b.len() - 1]).is_err());
         assert!(parse_batch(&b[..10]).is_err());
     }
+
+    /// The wire form of one chunk, as `HttpSink::put` writes it (`len` may lie).
+    fn encode(id: [u8; 32], kind: u8, flags: u8, raw_len: u32, len: u32, data: &[u8]) -> Vec<u8> {
+        let mut b = id.to_vec();
+        b.extend_from_slice(&[kind, flags]);
+        b.extend_from_slice(&raw_len.to_le_bytes());
+        b.extend_from_slice(&len.to_le_bytes());
+        b.extend_from_slice(data);
+        b
+    }
+
+    fn reencode(chunks: &[PreparedChunk]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for c in chunks {
+            let kind = u8::from(c.kind == repo::pack::BlobKind::Tree);
+            b.extend(encode(c.id.0, kind, u8::from(c.compressed), c.raw_len, c.data.len() as u32, &c.data));
+        }
+        b
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever a client sends, the parser answers with chunks or a reason, and what it
+        /// accepts is exactly the body (nothing skipped, nothing invented).
+        #[test]
+        fn arbitrary_bytes_never_panic_the_batch_parser(body in proptest::collection::vec(any::<u8>(), 0..600)) {
+            if let Ok(chunks) = parse_batch(&body) {
+                prop_assert_eq!(reencode(&chunks), body);
+            }
+        }
+
+        /// Well-formed chunks followed by one whose declared length runs past the end of the
+        /// body (by one byte up to 4 GiB) are refused as a whole, without allocating what the
+        /// header claims; any cut through a well-formed batch is refused too.
+        #[test]
+        fn batches_whose_declared_len_exceeds_the_body_are_refused(
+            good in proptest::collection::vec(
+                (any::<[u8; 32]>(), 0u8..2, 0u8..2, any::<u32>(), proptest::collection::vec(any::<u8>(), 0..64)),
+                0..6,
+            ),
+            data in proptest::collection::vec(any::<u8>(), 0..64),
+            excess in prop_oneof![1u32..16, any::<u32>()],
+            kind in any::<u8>(),
+            flags in any::<u8>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut body = Vec::new();
+            let mut boundaries = vec![0];
+            for (id, kind, flags, raw_len, data) in &good {
+                body.extend(encode(*id, *kind, *flags, *raw_len, data.len() as u32, data));
+                boundaries.push(body.len());
+            }
+            prop_assert_eq!(parse_batch(&body).map(|c| c.len()).ok(), Some(good.len()));
+            if !body.is_empty() {
+                // Only a cut between two chunks leaves a well-formed (shorter) batch.
+                let at = cut.index(body.len());
+                prop_assert_eq!(parse_batch(&body[..at]).is_ok(), boundaries.contains(&at));
+            }
+            let claimed = (data.len() as u32).saturating_add(excess);
+            body.extend(encode([7; 32], kind, flags, 0, claimed, &data));
+            prop_assert!(parse_batch(&body).is_err());
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]

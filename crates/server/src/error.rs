@@ -87,6 +87,7 @@ impl ApiError {
                 IdentityError::UnknownCredential => "webauthn.unknown_credential",
                 IdentityError::CredentialIdTooLong => "webauthn.credential_id_too_long",
                 IdentityError::Malformed(_) => "webauthn.malformed",
+                IdentityError::UnsupportedKey(_) => "webauthn.unsupported_key",
                 IdentityError::InvalidToken(_) => "auth.unauthenticated",
                 IdentityError::Config(_) => "server.internal",
                 _ => "webauthn.failed",
@@ -115,9 +116,10 @@ impl ApiError {
             ApiError::EnrollLinkInvalid => StatusCode::GONE,
             ApiError::CeremonyInvalid => StatusCode::BAD_REQUEST,
             ApiError::WebAuthn(e) => match e {
-                IdentityError::Malformed(_) | IdentityError::CredentialIdTooLong | IdentityError::Mismatch(_) => {
-                    StatusCode::BAD_REQUEST
-                }
+                IdentityError::Malformed(_)
+                | IdentityError::CredentialIdTooLong
+                | IdentityError::Mismatch(_)
+                | IdentityError::UnsupportedKey(_) => StatusCode::BAD_REQUEST,
                 IdentityError::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::UNAUTHORIZED,
             },
