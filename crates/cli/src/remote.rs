@@ -287,7 +287,7 @@ impl repo::backup::TreeSource for HttpTrees<'_> {
                 let path = format!("/api/v1/vaults/{}/trees", self.vault);
                 let body = serde_json::json!({ "ids": hex });
                 let resp = self.remote.send(&|c, b| c.post(format!("{b}{path}")).json(&body)).map_err(backend_err)?;
-                let bytes = resp.bytes().map_err(|e| backend_err(e.into()))?;
+                let bytes = read_body(resp, MAX_TREES_ANSWER)?;
                 let list = serde_json::from_slice::<Answer>(&bytes).map_err(|e| backend_err(e.into()))?.trees;
                 if list.len() != part.len() {
                     return Err(backend_err(anyhow::anyhow!("asked for {} listings, got {}", part.len(), list.len())));
@@ -479,7 +479,7 @@ impl repo::restore::ContentSource for HttpContent<'_> {
                 if !resp.status().is_success() {
                     return Err(backend_err(anyhow::anyhow!("the server refused chunks ({})", resp.status())));
                 }
-                let body = resp.bytes().map_err(|e| backend_err(e.into()))?;
+                let body = read_body(resp, MAX_CHUNKS_ANSWER)?;
                 if let Some(p) = &self.remote.pace {
                     p.take(body.len() as u64);
                 }
@@ -803,4 +803,26 @@ mod tests {
             }
         }
     }
+}
+
+/// Largest answer to a chunks request a client accepts: the server sends at most 64 MiB of
+/// chunk data per request, plus a header per chunk.
+const MAX_CHUNKS_ANSWER: u64 = (64 << 20) + (1 << 20);
+
+/// Largest answer to a listings request a client accepts (900 listings).
+const MAX_TREES_ANSWER: u64 = 1 << 30;
+
+/// Reads an answer's body, refusing one longer than `limit` instead of buffering whatever a
+/// (possibly hostile) server sends.
+fn read_body(resp: reqwest::blocking::Response, limit: u64) -> repo::Result<Vec<u8>> {
+    use std::io::Read;
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(backend_err(anyhow::anyhow!("the server's answer is larger than {limit} bytes")));
+    }
+    let mut body = Vec::new();
+    resp.take(limit + 1).read_to_end(&mut body).map_err(|e| backend_err(e.into()))?;
+    if body.len() as u64 > limit {
+        return Err(backend_err(anyhow::anyhow!("the server's answer is larger than {limit} bytes")));
+    }
+    Ok(body)
 }

@@ -188,8 +188,9 @@ pub fn for_each_blob(repo: &Repository, ids: &[Id], f: &BlobVisitor<'_>) -> Resu
         while start < blobs.len() {
             let mut end = start + 1;
             while end < blobs.len()
-                && blobs[end].1.offset <= blobs[end - 1].1.offset + blobs[end - 1].1.len + (256 << 10)
-                && (blobs[end].1.offset - blobs[start].1.offset) < (32 << 20)
+                && u64::from(blobs[end].1.offset)
+                    <= u64::from(blobs[end - 1].1.offset) + u64::from(blobs[end - 1].1.len) + (256 << 10)
+                && u64::from(blobs[end].1.offset) - u64::from(blobs[start].1.offset) < (32 << 20)
             {
                 end += 1;
             }

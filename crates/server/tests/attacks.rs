@@ -717,3 +717,24 @@ async fn a_device_code_can_be_denied_only_by_its_own_approver() {
     let (st, v) = s.post("/api/v1/device/deny", json!({"user_code": code}), Some(&to)).await;
     assert_eq!((st, v["denied"].as_bool()), (StatusCode::OK, Some(true)), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_or_a_grant_of_a_vault_deleted_meanwhile_opens_nothing() {
+    let (s, to, _, (mut alice, ta), _) = restore_fixture().await;
+    // Approved and granted, then the vault is deleted (soft): the grant reads nothing more.
+    let r = request_restore(&s, &to, "prod").await;
+    let granted = r["approval_id"].as_str().unwrap().to_string();
+    approve(&s, &mut alice, &ta, &granted).await;
+    let (_, g) = s.get(&format!("/api/v1/restores/{granted}"), Some(&to)).await;
+    let grant = g["grant"].as_str().unwrap().to_string();
+    assert_eq!(plan_with_grant(&s, &granted, &grant).await, StatusCode::OK);
+    // Requested, not yet approved.
+    let r = request_restore(&s, &to, "prod").await;
+    let pending = r["approval_id"].as_str().unwrap().to_string();
+    let now = s.state.clock.now();
+    assert!(s.state.store.soft_delete_vault("prod", "owner", now, now + 14 * 86_400).await.unwrap());
+    assert_eq!(plan_with_grant(&s, &granted, &grant).await, StatusCode::FORBIDDEN);
+    let (st, start, _) = sign_approval(&s, &mut alice, &ta, &pending).await;
+    assert_eq!(st, StatusCode::CONFLICT, "approving a restore of a deleted vault: {start}");
+    assert!(start["error"]["message"].as_str().unwrap().contains("deleted"), "{start}");
+}
