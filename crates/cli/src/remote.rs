@@ -633,6 +633,28 @@ pub(crate) fn restore(
     Ok(())
 }
 
+/// Largest answer to a chunks request a client accepts: the server sends at most 64 MiB of
+/// chunk data per request, plus a header per chunk.
+const MAX_CHUNKS_ANSWER: u64 = (64 << 20) + (1 << 20);
+
+/// Largest answer to a listings request a client accepts (900 listings).
+const MAX_TREES_ANSWER: u64 = 1 << 30;
+
+/// Reads an answer's body, refusing one longer than `limit` instead of buffering whatever a
+/// (possibly hostile) server sends.
+fn read_body(resp: reqwest::blocking::Response, limit: u64) -> repo::Result<Vec<u8>> {
+    use std::io::Read;
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(backend_err(anyhow::anyhow!("the server's answer is larger than {limit} bytes")));
+    }
+    let mut body = Vec::new();
+    resp.take(limit + 1).read_to_end(&mut body).map_err(|e| backend_err(e.into()))?;
+    if body.len() as u64 > limit {
+        return Err(backend_err(anyhow::anyhow!("the server's answer is larger than {limit} bytes")));
+    }
+    Ok(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -803,26 +825,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Largest answer to a chunks request a client accepts: the server sends at most 64 MiB of
-/// chunk data per request, plus a header per chunk.
-const MAX_CHUNKS_ANSWER: u64 = (64 << 20) + (1 << 20);
-
-/// Largest answer to a listings request a client accepts (900 listings).
-const MAX_TREES_ANSWER: u64 = 1 << 30;
-
-/// Reads an answer's body, refusing one longer than `limit` instead of buffering whatever a
-/// (possibly hostile) server sends.
-fn read_body(resp: reqwest::blocking::Response, limit: u64) -> repo::Result<Vec<u8>> {
-    use std::io::Read;
-    if resp.content_length().is_some_and(|n| n > limit) {
-        return Err(backend_err(anyhow::anyhow!("the server's answer is larger than {limit} bytes")));
-    }
-    let mut body = Vec::new();
-    resp.take(limit + 1).read_to_end(&mut body).map_err(|e| backend_err(e.into()))?;
-    if body.len() as u64 > limit {
-        return Err(backend_err(anyhow::anyhow!("the server's answer is larger than {limit} bytes")));
-    }
-    Ok(body)
 }
