@@ -57,7 +57,8 @@ impl Beneath {
         if self.openat2.load(Ordering::Relaxed) {
             let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
             match rustix::fs::openat2(&self.root, rel, flags, Mode::from_raw_mode(mode), how) {
-                Err(rustix::io::Errno::NOSYS) => self.openat2.store(false, Ordering::Relaxed),
+                // No openat2, or a seccomp filter (older container runtimes) that refuses it.
+                Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => self.openat2.store(false, Ordering::Relaxed),
                 // Resolution raced with a rename elsewhere in the tree: the walk decides.
                 Err(rustix::io::Errno::AGAIN) => {}
                 other => return other.map_err(io::Error::from),

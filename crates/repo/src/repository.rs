@@ -70,6 +70,10 @@ const MISSING_LISTED: usize = 50;
 
 /// State of one [`Repository::verify_references`] walk.
 struct Verification {
+    /// Entries of the listings read by this walk (each listing once), plus the entries of
+    /// earlier-verified subtrees it reuses (each once).
+    distinct_entries: u64,
+    credited: std::collections::HashSet<Id>,
     done: HashMap<Id, TreeFacts>,
     in_progress: std::collections::HashSet<Id>,
     missing: Vec<String>,
@@ -599,14 +603,30 @@ impl Repository {
     /// [`Error::InvalidTree`] for a listing that breaks the rules.
     pub fn verify_references(&self, root: &Id) -> Result<()> {
         let mut v = Verification {
+            distinct_entries: 0,
+            credited: Default::default(),
             done: HashMap::new(),
             in_progress: Default::default(),
             missing: Vec::new(),
             missing_count: 0,
         };
-        self.verify_tree(root, 1, &mut v)?;
+        let facts = self.verify_tree(root, 1, &mut v)?;
         if v.missing_count > 0 {
             return Err(Error::MissingReferences { count: v.missing_count, missing: v.missing });
+        }
+        // Identical directories are stored once, so a snapshot may name far more entries than
+        // it stores; but a few tiny listings naming each other twice per level would make a
+        // restore plan of millions of entries from nothing. Real trees repeat themselves, not
+        // exponentially.
+        let allowed = v.distinct_entries.saturating_mul(crate::tree::MAX_EXPANSION).saturating_add(1_000_000);
+        if facts.entries > allowed {
+            return Err(Error::InvalidTree {
+                tree: root.to_hex(),
+                reason: format!(
+                    "{} entries from {} stored: more repetition than any real tree has",
+                    facts.entries, v.distinct_entries
+                ),
+            });
         }
         self.verified.lock().unwrap_or_else(|p| p.into_inner()).extend(v.done);
         Ok(())
@@ -619,6 +639,13 @@ impl Repository {
             .get(id)
             .copied()
             .or_else(|| self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied());
+        if let (Some(f), false) = (known, v.done.contains_key(id)) {
+            // Verified by an earlier commit: its entries count as stored once for the
+            // repetition bound (it passed that bound itself).
+            if v.credited.insert(*id) {
+                v.distinct_entries = v.distinct_entries.saturating_add(f.entries);
+            }
+        }
         if let Some(f) = known {
             if depth + f.height - 1 > crate::tree::MAX_DEPTH {
                 return Err(invalid(format!("directories nested deeper than {}", crate::tree::MAX_DEPTH)));
@@ -644,16 +671,13 @@ impl Repository {
             Err(e) => return Err(e),
         };
         let mut facts = TreeFacts { height: 1, entries: 0 };
+        // Checked and reduced to the subtrees to visit, then dropped: a chain of huge listings
+        // is never held in memory all at once.
+        let mut subtrees = Vec::new();
         for node in &tree.nodes {
             facts.entries = facts.entries.saturating_add(1);
             match node.kind {
-                crate::model::NodeKind::Dir => {
-                    if let Some(sub) = &node.subtree {
-                        let child = self.verify_tree(sub, depth + 1, v)?;
-                        facts.height = facts.height.max(child.height + 1);
-                        facts.entries = facts.entries.saturating_add(child.entries);
-                    }
-                }
+                crate::model::NodeKind::Dir => subtrees.extend(node.subtree),
                 crate::model::NodeKind::File => {
                     for c in &node.content {
                         let crate::model::Content::Chunk { id: chunk, len } = c else { continue };
@@ -678,6 +702,13 @@ impl Repository {
                 }
                 crate::model::NodeKind::Symlink | crate::model::NodeKind::Hardlink => {}
             }
+        }
+        v.distinct_entries = v.distinct_entries.saturating_add(tree.nodes.len() as u64);
+        drop(tree);
+        for sub in &subtrees {
+            let child = self.verify_tree(sub, depth + 1, v)?;
+            facts.height = facts.height.max(child.height + 1);
+            facts.entries = facts.entries.saturating_add(child.entries);
             if facts.entries > crate::tree::MAX_ENTRIES {
                 return Err(invalid(format!("the snapshot expands to more than {} entries", crate::tree::MAX_ENTRIES)));
             }

@@ -15,6 +15,10 @@ pub const MAX_DEPTH: usize = 1024;
 /// the same subtree twice at every level would otherwise describe 2^depth paths.
 pub const MAX_ENTRIES: u64 = 50_000_000;
 
+/// How many times over a new snapshot's entries may repeat the entries of the listings that
+/// store them (identical directories are stored once), beyond the first million.
+pub const MAX_EXPANSION: u64 = 32;
+
 /// Most entries one listing may hold.
 pub const MAX_LISTING_ENTRIES: usize = 4_000_000;
 

@@ -552,6 +552,9 @@ pub(crate) async fn redecide(state: &AppState, a: &store::Approval, op: &Restore
         Err(e @ ApiError::Internal(_)) => return Err(e),
         Err(e) => e,
     };
+    // Stopped: what the restore held (its cached plan, its claim on the vault) goes now.
+    state.vaults.plans.lock().unwrap_or_else(|p| p.into_inner()).remove(&a.id);
+    state.vaults.restoring.lock().unwrap_or_else(|p| p.into_inner()).remove(&a.id);
     audit(
         state,
         "restore.revoked",
@@ -572,10 +575,31 @@ async fn still_allowed(state: &AppState, a: &store::Approval, op: &RestoreOperat
     if crate::critical::deleted_ids(state, &op.vault).await?.contains(&op.snapshot) {
         return Err(ApiError::Conflict(format!("snapshot {} was deleted", &op.snapshot[..8.min(op.snapshot.len())])));
     }
-    let requester = policy_principal(state, &a.requester_id).await?;
-    let approver = policy_principal(state, a.approver_id.as_deref().unwrap_or_default()).await?;
+    let now = state.clock.now();
+    // Both people must still be able to act: accounts not disabled or expired, and the passkey
+    // that approved not revoked or locked since.
+    for uid in [Some(a.requester_id.as_str()), a.approver_id.as_deref()] {
+        let user = match uid {
+            Some(uid) => state.store.user_by_id(uid).await?,
+            None => None,
+        };
+        if !user.is_some_and(|u| !u.disabled && u.expires_at.is_none_or(|t| t > now)) {
+            return Err(ApiError::Forbidden("the requester's or the approver's account is no longer active".into()));
+        }
+    }
     let evidence: serde_json::Value =
         serde_json::from_str(a.evidence_json.as_deref().unwrap_or("{}")).map_err(internal)?;
+    let approving_credential = evidence["credential_id"].as_str().unwrap_or_default();
+    if !state
+        .store
+        .credential(approving_credential)
+        .await?
+        .is_some_and(|c| c.revoked_at.is_none() && c.locked_at.is_none())
+    {
+        return Err(ApiError::Forbidden("the passkey that approved this restore was revoked or locked".into()));
+    }
+    let requester = policy_principal(state, &a.requester_id).await?;
+    let approver = policy_principal(state, a.approver_id.as_deref().unwrap_or_default()).await?;
     let amr: Vec<String> = serde_json::from_value(evidence["amr"].clone()).unwrap_or_default();
     let approval = policy::AuthContext {
         hardware: amr.iter().any(|m| m == "hwk"),

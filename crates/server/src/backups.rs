@@ -59,6 +59,9 @@ pub struct Vaults {
     inflight: Arc<Mutex<HashMap<String, u64>>>,
 }
 
+/// How long a commit waits for the session's other requests to finish.
+const COMMIT_WAIT_MS: u32 = 120_000;
+
 /// Backup sessions one user may have open at once.
 pub const MAX_SESSIONS_PER_USER: usize = 8;
 
@@ -253,13 +256,6 @@ pub(crate) async fn start(
     let id = identity::codes::random_token(&mut rand_core::OsRng);
     let config = repo.config().clone();
     let key = hex::encode(repo.hasher_key());
-    if guard(&state.vaults.sessions).values().filter(|s| s.user_id == p.user.id).count() >= MAX_SESSIONS_PER_USER {
-        return Err(ApiError::refused(
-            "backup.too_many_sessions",
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            format!("you have {MAX_SESSIONS_PER_USER} backups open already; finish one (or wait 15 minutes for an abandoned one to close)"),
-        ));
-    }
     let mut writer = Writer::shared(repo);
     writer.set_checkpoint_packs(state.checkpoint_packs);
     let now = state.clock.now();
@@ -271,7 +267,15 @@ pub(crate) async fn start(
         writer,
     };
     {
+        // Counted and inserted under one lock, so concurrent starts cannot pass the cap.
         let mut sessions = guard(&state.vaults.sessions);
+        if sessions.values().filter(|s| s.user_id == p.user.id).count() >= MAX_SESSIONS_PER_USER {
+            return Err(ApiError::refused(
+                "backup.too_many_sessions",
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!("you have {MAX_SESSIONS_PER_USER} backups open already; finish one (or wait 15 minutes for an abandoned one to close)"),
+            ));
+        }
         if guard(&state.vaults.maintenance).contains(&vault) {
             return Err(ApiError::Conflict(format!("vault {vault} is being pruned; try again in a minute")));
         }
@@ -388,7 +392,7 @@ pub(crate) async fn chunks(
             format!("a chunk batch holds at most {MAX_BATCH} bytes"),
         ));
     }
-    let _reserved = Inflight::reserve(&state.vaults, &p.user.id, len)?;
+    let reserved = Inflight::reserve(&state.vaults, &p.user.id, len)?;
     let body = axum::body::to_bytes(body, len as usize)
         .await
         .map_err(|_| ApiError::BadRequest("the chunk batch is longer than its Content-Length or was cut off".into()))?;
@@ -396,7 +400,10 @@ pub(crate) async fn chunks(
     let n = batch.len();
     let stored: u64 = batch.iter().map(|c| c.data.len() as u64).sum();
     state.metrics.bytes_in.fetch_add(stored, std::sync::atomic::Ordering::Relaxed);
+    // The reservation lives as long as the work, not the request: a client that hangs up
+    // while its batch is verified does not free its budget early.
     tokio::task::spawn_blocking(move || -> Result<(), repo::Error> {
+        let _reserved = reserved;
         for chunk in batch {
             let repo = s.writer.repository();
             repo::writer::verify_chunk(repo, &chunk)?;
@@ -443,17 +450,26 @@ pub(crate) async fn commit(
         .unwrap_or_else(|p| p.into_inner())
         .remove(&id)
         .ok_or(ApiError::NotFound("no such backup session".into()))?;
-    // Requests still uploading hold the session; wait for them briefly.
+    // Requests still uploading hold the session; wait for them, but not forever (a client
+    // trickling a batch cannot hold a commit open), and decide again after the wait.
     let mut s = s;
+    let mut waited = 0u32;
     let session = loop {
         match Arc::try_unwrap(s) {
             Ok(x) => break x,
-            Err(back) => {
+            Err(back) if waited < COMMIT_WAIT_MS / 20 => {
                 s = back;
+                waited += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(_) => {
+                return Err(ApiError::Conflict(
+                    "chunk uploads of this backup are still running; the backup was abandoned, start it again".into(),
+                ))
             }
         }
     };
+    crate::vaults::recheck(&state, &p, Operation::Backup, &session.vault).await?;
     let vault = session.vault.clone();
     let now = state.clock.now_precise();
     let hostname: String = body.hostname.chars().take(255).collect();

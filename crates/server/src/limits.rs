@@ -142,7 +142,10 @@ impl Limits {
     }
 
     fn client_addr(&self, req: &Request) -> Option<IpAddr> {
-        if self.trust_forwarded {
+        let peer = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        // X-Forwarded-For is believed only from a proxy on this host or the private network:
+        // a client reaching the listener directly cannot pick its own address.
+        if self.trust_forwarded && peer.is_some_and(is_local_or_private) {
             // Only the hop our proxy appended (the rightmost) is trusted; anything left of it
             // came from the client.
             let forwarded = req
@@ -154,10 +157,29 @@ impl Limits {
                 .and_then(|v| v.rsplit(',').next())
                 .and_then(|a| a.trim().parse::<IpAddr>().ok());
             if forwarded.is_some() {
-                return forwarded;
+                return forwarded.map(bucket);
             }
         }
-        req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
+        peer.map(bucket)
+    }
+}
+
+/// The key an address is limited under: IPv6 by its /64 (one subscriber's whole range), so a
+/// host cannot get a fresh quota from every address it owns.
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+fn is_local_or_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
     }
 }
 

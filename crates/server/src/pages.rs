@@ -288,7 +288,12 @@ pub fn safe_next(public: &url::Url, next: &str) -> String {
         return fallback;
     }
     match public.join(next) {
-        Ok(u) if u.origin() == public.origin() && matches!(u.scheme(), "http" | "https") => {
+        Ok(u)
+            if u.origin() == public.origin()
+                && matches!(u.scheme(), "http" | "https")
+                && !u.path().starts_with("//")
+                && !u.path().starts_with("/\\") =>
+        {
             let mut out = u.path().to_string();
             if let Some(q) = u.query() {
                 out.push('?');
@@ -546,6 +551,7 @@ mod tests {
         ] {
             assert_eq!(safe_next(&public, bad), "/vaults", "{bad}");
         }
+        assert_eq!(safe_next(&public, "http://localhost:8440//evil.example/x"), "/vaults");
         assert_eq!(safe_next(&public, "/approvals/x?y=1"), "/approvals/x?y=1");
         assert_eq!(safe_next(&public, "http://localhost:8440/vaults/prod"), "/vaults/prod");
     }

@@ -305,9 +305,6 @@ pub(crate) struct LoginStart {
 /// `POST /api/v1/auth/login/start`
 pub(crate) async fn login_start(State(state): St, body: Option<Json<LoginStart>>) -> ApiResult<Json<StartResponse>> {
     let username = body.and_then(|b| b.0.username).filter(|u| !u.is_empty() && u.len() <= 256);
-    if let Some(name) = &username {
-        state.limits.check_account(&format!("user:{name}"))?;
-    }
     let (creds, user_id) = match &username {
         Some(name) => {
             // An unknown user gets a ceremony that no credential can finish, with decoy
@@ -393,10 +390,6 @@ pub(crate) async fn verify_assertion(
             return Err(IdentityError::UnknownCredential.into());
         }
     }
-    if purpose == "login" {
-        // Sign-in is open to anyone: per account too, whatever the address.
-        state.limits.check_account(&format!("user-id:{}", record.user_id))?;
-    }
     let user = state.store.user_by_id(&record.user_id).await?.ok_or(ApiError::Unauthenticated)?;
     if user.disabled || user.expires_at.is_some_and(|t| t <= now) {
         refuse("user disabled or expired".into()).await?;
@@ -444,6 +437,12 @@ pub(crate) async fn verify_assertion(
         }
         Err(e) => {
             refuse(e.to_string()).await?;
+            if purpose == "login" {
+                // Failed sign-ins on one account are limited whatever the address they come
+                // from; a valid assertion is never refused for it (checked after verifying),
+                // so nobody can lock an account out by failing on its behalf.
+                state.limits.check_account(&format!("user-id:{}", record.user_id))?;
+            }
             Err(e.into())
         }
     }

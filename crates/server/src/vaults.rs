@@ -103,16 +103,25 @@ pub async fn recheck(state: &AppState, p: &Principal, op: Operation, vault: &str
     }
 }
 
-/// Whether the approver's account, or the credential they approve with, was enrolled from a
-/// link the requester created (then the approver is not another person for the requester).
+/// Whether the approver and the requester are not two independent people: the approver's
+/// account, or the credential they approve with, was enrolled from a link the requester
+/// created, or the requester's account from a link the approver created (an Owner's sock
+/// account asking, the Owner approving).
 pub async fn introduced_by_requester(
     state: &AppState,
     approver_id: &str,
     credential_id: Option<&str>,
     requester_id: &str,
 ) -> ApiResult<bool> {
-    let Some(requester) = state.store.user_by_id(requester_id).await? else { return Ok(false) };
-    Ok(state.store.introducers(approver_id, credential_id).await?.contains(&requester.username))
+    let (Some(requester), Some(approver)) =
+        (state.store.user_by_id(requester_id).await?, state.store.user_by_id(approver_id).await?)
+    else {
+        return Ok(false);
+    };
+    if state.store.introducers(approver_id, credential_id).await?.contains(&requester.username) {
+        return Ok(true);
+    }
+    Ok(state.store.introducers(requester_id, None).await?.contains(&approver.username))
 }
 
 async fn load_vault(state: &AppState, name: &str) -> ApiResult<(store::Vault, VaultPolicy)> {

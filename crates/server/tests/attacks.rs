@@ -7,20 +7,6 @@
 mod common;
 use common::*;
 
-/// Approves `id` as the holder of `key`/`token`; panics unless it is accepted.
-async fn approve(s: &Srv, key: &mut SoftKey, token: &str, id: &str) {
-    let (st, start, pkc) = sign_approval(s, key, token, id).await;
-    assert_eq!(st, StatusCode::OK, "{start}");
-    let (st, v) = s
-        .post(
-            &format!("/api/v1/approvals/{id}/finish"),
-            json!({"ceremony_id": start["ceremony_id"], "credential": pkc.unwrap()}),
-            Some(token),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-}
-
 /// Invites `user` with `role` (server-wide) and signs them in.
 async fn invite(s: &Srv, owner_token: &str, user: &str, role: &str) -> (SoftKey, String) {
     let (st, inv) = s.post("/api/v1/invites", json!({"username": user, "role": role}), Some(owner_token)).await;
@@ -195,24 +181,9 @@ async fn a_snapshot_planted_in_storage_with_a_symlink_subtree_restores_nothing_o
     })
     .await
     .unwrap();
-    let (st, r) = s
-        .post(
-            "/api/v1/vaults/prod/restores",
-            json!({"snapshot": "latest", "target": "r1", "on_server": true}),
-            Some(&to),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{r}");
-    let id = r["approval_id"].as_str().unwrap().to_string();
+    let id = request_server_restore(&s, &to, "prod", "r1").await;
     approve(&s, &mut alice, &ta, &id).await;
-    let mut job = Value::Null;
-    for _ in 0..200 {
-        job = s.get(&format!("/api/v1/restores/{id}/job"), Some(&to)).await.1;
-        if job["status"] != "running" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let job = wait_for_job(&s, &to, &id).await;
     assert_eq!(job["status"], "failed", "{job}");
     let names: Vec<_> = std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, vec![std::ffi::OsString::from("keep.txt")], "the restore wrote outside its target");
@@ -265,14 +236,13 @@ async fn a_restore_grant_stops_when_the_requester_loses_the_role() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_is_not_handed_out_after_the_requester_loses_the_role_and_stops_when_the_snapshot_is_deleted() {
-    let (s, to, (mut owner, _), ..) = restore_fixture().await;
+    let (s, to, _, (mut alice, ta), _) = restore_fixture().await;
     let (_, tb) = invite(&s, &to, "bob", "reader").await;
     role(&s, &to, false, "bob", "backup-operator", Some("prod")).await;
-    role(&s, &to, false, "owner", "restore-operator", Some("prod")).await;
     // Approved, then the role goes before the grant is fetched: no grant.
     let r = request_restore(&s, &tb, "prod").await;
     let id = r["approval_id"].as_str().unwrap().to_string();
-    approve(&s, &mut owner, &to, &id).await;
+    approve(&s, &mut alice, &ta, &id).await;
     role(&s, &to, true, "bob", "backup-operator", Some("prod")).await;
     let (st, v) = s.get(&format!("/api/v1/restores/{id}"), Some(&tb)).await;
     assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "restore.grant_revoked"), "{v}");
@@ -280,7 +250,7 @@ async fn a_grant_is_not_handed_out_after_the_requester_loses_the_role_and_stops_
     role(&s, &to, false, "bob", "backup-operator", Some("prod")).await;
     let r = request_restore(&s, &tb, "prod").await;
     let id = r["approval_id"].as_str().unwrap().to_string();
-    approve(&s, &mut owner, &to, &id).await;
+    approve(&s, &mut alice, &ta, &id).await;
     let (_, g) = s.get(&format!("/api/v1/restores/{id}"), Some(&tb)).await;
     let grant = g["grant"].as_str().unwrap().to_string();
     assert_eq!(plan_with_grant(&s, &id, &grant).await, StatusCode::OK);
@@ -332,11 +302,22 @@ async fn a_decompression_bomb_and_an_upload_flood_are_refused_before_memory_is_s
     }
     let bomb = enc.finish().unwrap();
     assert!(bomb.len() < 200_000, "{}", bomb.len());
+    // The process's peak memory from here on (Linux: writing 5 to clear_refs resets VmHWM).
+    let peak_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = vm_kib("VmRSS:");
     for kind in [0u8, 1] {
-        let mut batch = Vec::new();
-        batch_entry(&mut batch, &repo::Id([7; 32]), kind, true, u32::MAX, &bomb);
-        let (st, v) = send_batch(&s, &to, &up, batch).await;
-        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        for raw_len in [u32::MAX, 100 << 20] {
+            let mut batch = Vec::new();
+            batch_entry(&mut batch, &repo::Id([7; 32]), kind, true, raw_len, &bomb);
+            let (st, v) = send_batch(&s, &to, &up, batch).await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        }
+    }
+    if peak_reset {
+        let peak = vm_kib("VmHWM:");
+        println!("decompression bomb: RSS {before} KiB before, peak {peak} KiB while refusing 4 bombs of 2 GiB");
+        // The old server allocated the declared 2 GiB (and more) before refusing.
+        assert!(peak < before + (256 << 10), "peak {peak} KiB from {before} KiB");
     }
     // A user may hold only so many sessions open.
     let mut n = 1;
@@ -522,8 +503,7 @@ async fn an_owner_cannot_approve_his_own_restore_through_an_account_he_enrolled(
 }
 
 fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+    vm_kib("VmRSS:")
 }
 
 async fn rows(s: &Srv, table: &str) -> i64 {
@@ -632,28 +612,46 @@ async fn metrics_need_a_token_of_someone_who_may_read_the_audit_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sign_in_attempts_on_one_account_are_limited_whatever_the_address() {
+async fn failed_sign_ins_on_one_account_are_limited_whatever_the_address_but_never_lock_it_out() {
     // Behind a proxy, each request from another address (the last X-Forwarded-For hop).
     let s = spawn_with(|c| c.behind_proxy = true).await;
     let mut owner = SoftKey::new().unwrap();
     assert_eq!(s.enroll(&mut owner, &s.first_link().await).await.0, StatusCode::OK);
+    let from = |i: u32| format!("203.0.113.9, 198.51.100.{}", i % 250);
     let mut statuses = Vec::new();
     for i in 0..server::limits::DEFAULT_PER_ACCOUNT_PER_MINUTE + 1 {
-        let resp = s
+        let start: Value = s
             .http
             .post(format!("{}/api/v1/auth/login/start", s.base))
-            .header("x-forwarded-for", format!("203.0.113.9, 198.51.100.{}", i % 250))
+            .header("x-forwarded-for", from(i))
             .json(&json!({"username": "owner"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(start["options"].is_object(), "attempt {i}: {start}");
+        let mut pkc = owner.assert(&s.base, serde_json::from_value(start["options"].clone()).unwrap()).unwrap();
+        let mut sig: Vec<u8> = pkc.response.signature.clone();
+        let n = sig.len();
+        sig[n - 1] ^= 1;
+        pkc.response.signature = sig;
+        let resp = s
+            .http
+            .post(format!("{}/api/v1/auth/login/finish", s.base))
+            .header("x-forwarded-for", from(i))
+            .json(&json!({"ceremony_id": start["ceremony_id"], "credential": pkc}))
             .send()
             .await
             .unwrap();
         statuses.push(resp.status());
     }
-    assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
-    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS));
-    // Another account from the same addresses is not affected.
-    let (st, _) = s.post("/api/v1/auth/login/start", json!({"username": "someone"}), None).await;
-    assert_eq!(st, StatusCode::OK);
+    assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == StatusCode::UNAUTHORIZED), "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+    // The owner's own valid sign-in still works: failing on someone's behalf locks nobody out.
+    let (st, v) = s.login(&mut owner, Some("owner")).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -737,4 +735,24 @@ async fn an_approval_or_a_grant_of_a_vault_deleted_meanwhile_opens_nothing() {
     let (st, start, _) = sign_approval(&s, &mut alice, &ta, &pending).await;
     assert_eq!(st, StatusCode::CONFLICT, "approving a restore of a deleted vault: {start}");
     assert!(start["error"]["message"].as_str().unwrap().contains("deleted"), "{start}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_stops_when_the_approver_is_disabled() {
+    let (s, to, _, (mut alice, ta), _) = restore_fixture().await;
+    let r = request_restore(&s, &to, "prod").await;
+    let id = r["approval_id"].as_str().unwrap().to_string();
+    approve(&s, &mut alice, &ta, &id).await;
+    let (_, g) = s.get(&format!("/api/v1/restores/{id}"), Some(&to)).await;
+    let grant = g["grant"].as_str().unwrap().to_string();
+    assert_eq!(plan_with_grant(&s, &id, &grant).await, StatusCode::OK);
+    let (st, v) = s.post("/api/v1/users/alice/disable", json!({}), Some(&to)).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    assert_eq!(plan_with_grant(&s, &id, &grant).await, StatusCode::FORBIDDEN);
+}
+
+/// A `/proc/self/status` figure in KiB (`VmRSS:`, `VmHWM:`).
+fn vm_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
 }

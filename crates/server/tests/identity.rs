@@ -1600,15 +1600,7 @@ async fn console_reads_browse_trees_list_the_inbox_and_run_server_side_restores(
         let (st, v) = s.post("/api/v1/vaults/prod/restores", body, Some(&to)).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {v}");
     }
-    let (st, r) = s
-        .post(
-            "/api/v1/vaults/prod/restores",
-            json!({"snapshot": "latest", "target": "r1", "on_server": true}),
-            Some(&to),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{r}");
-    let id = r["approval_id"].as_str().unwrap().to_string();
+    let id = request_server_restore(&s, &to, "prod", "r1").await;
     let (_, shown) = s.get(&format!("/api/v1/approvals/{id}"), Some(&to)).await;
     assert_eq!(shown["operation"]["destination"], "server", "the approver sees where the data goes: {shown}");
     // The inbox: alice (restore operator) sees it waiting; the owner sees it as a request.
@@ -1630,14 +1622,7 @@ async fn console_reads_browse_trees_list_the_inbox_and_run_server_side_restores(
         )
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let mut job = Value::Null;
-    for _ in 0..200 {
-        job = s.get(&format!("/api/v1/restores/{id}/job"), Some(&to)).await.1;
-        if job["status"] != "running" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    let job = wait_for_job(&s, &to, &id).await;
     assert_eq!(job["status"], "done", "{job}");
     assert_eq!(job["bytes_done"], job["bytes_total"]);
     testkit::assert_trees_equal(&s._dir.path().join("src-prod"), &s._dir.path().join("data/restores/r1/src-prod"));

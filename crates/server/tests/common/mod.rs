@@ -208,19 +208,46 @@ pub async fn plan_with_grant(s: &Srv, id: &str, grant: &str) -> StatusCode {
     r.status()
 }
 
-/// Alice requests a restore of `prod`, the owner approves; returns (approval id, grant).
-pub async fn alices_grant(s: &Srv, ta: &str, owner: &mut SoftKey, to: &str) -> (String, String) {
-    let r = request_restore(s, ta, "prod").await;
-    let id = r["approval_id"].as_str().unwrap().to_string();
-    let (_, start, pkc) = sign_approval(s, owner, to, &id).await;
+/// Approves `id` as the holder of `key`/`token`; panics unless it is accepted.
+pub async fn approve(s: &Srv, key: &mut SoftKey, token: &str, id: &str) {
+    let (st, start, pkc) = sign_approval(s, key, token, id).await;
+    assert_eq!(st, StatusCode::OK, "{start}");
     let (st, v) = s
         .post(
             &format!("/api/v1/approvals/{id}/finish"),
             json!({"ceremony_id": start["ceremony_id"], "credential": pkc.unwrap()}),
-            Some(to),
+            Some(token),
         )
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
+}
+
+/// Requests a server-side restore of `vault`'s latest snapshot into `target`; returns its id.
+pub async fn request_server_restore(s: &Srv, token: &str, vault: &str, target: &str) -> String {
+    let body = json!({"snapshot": "latest", "target": target, "on_server": true});
+    let (st, r) = s.post(&format!("/api/v1/vaults/{vault}/restores"), body, Some(token)).await;
+    assert_eq!(st, StatusCode::CREATED, "{r}");
+    r["approval_id"].as_str().unwrap().to_string()
+}
+
+/// Polls a server-side restore until it is no longer running; returns its last status.
+pub async fn wait_for_job(s: &Srv, token: &str, id: &str) -> Value {
+    let mut job = Value::Null;
+    for _ in 0..200 {
+        job = s.get(&format!("/api/v1/restores/{id}/job"), Some(token)).await.1;
+        if job["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    job
+}
+
+/// Alice requests a restore of `prod`, the owner approves; returns (approval id, grant).
+pub async fn alices_grant(s: &Srv, ta: &str, owner: &mut SoftKey, to: &str) -> (String, String) {
+    let r = request_restore(s, ta, "prod").await;
+    let id = r["approval_id"].as_str().unwrap().to_string();
+    approve(s, owner, to, &id).await;
     let (st, g) = s.get(&format!("/api/v1/restores/{id}"), Some(ta)).await;
     assert_eq!(st, StatusCode::OK, "{g}");
     (id, g["grant"].as_str().unwrap().to_string())
