@@ -196,24 +196,12 @@ async fn a_restore_grant_stops_when_the_requester_loses_the_role() {
     let (_, tb) = invite(&s, &to, "bob", "reader").await;
     role(&s, &to, false, "bob", "backup-operator", Some("prod")).await;
     // Bob requests, alice (a restore operator) approves; bob holds the grant.
-    let r = request_restore(&s, &tb, "prod").await;
-    let id = r["approval_id"].as_str().unwrap().to_string();
-    approve(&s, &mut alice, &ta, &id).await;
-    let (st, g) = s.get(&format!("/api/v1/restores/{id}"), Some(&tb)).await;
-    assert_eq!(st, StatusCode::OK, "{g}");
-    let grant = g["grant"].as_str().unwrap().to_string();
+    let (id, grant) = granted_restore(&s, &tb, &mut alice, &ta).await;
     assert_eq!(plan_with_grant(&s, &id, &grant).await, StatusCode::OK);
     // The owner revokes bob's role on the vault: the grant stops at its next use.
     role(&s, &to, true, "bob", "backup-operator", Some("prod")).await;
-    let resp = s
-        .http
-        .get(format!("{}/api/v1/restores/{id}/plan", s.base))
-        .header("authorization", format!("Grant {grant}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    let v: Value = resp.json().await.unwrap();
+    let (st, v) = plan_answer(&s, &id, &grant).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
     assert_eq!(code(&v), "restore.grant_revoked", "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("no role"), "{v}");
     let resp = s
@@ -248,11 +236,7 @@ async fn a_grant_is_not_handed_out_after_the_requester_loses_the_role_and_stops_
     assert_eq!((st, code(&v)), (StatusCode::FORBIDDEN, "restore.grant_revoked"), "{v}");
     // A snapshot soft-deleted after the approval is read no more.
     role(&s, &to, false, "bob", "backup-operator", Some("prod")).await;
-    let r = request_restore(&s, &tb, "prod").await;
-    let id = r["approval_id"].as_str().unwrap().to_string();
-    approve(&s, &mut alice, &ta, &id).await;
-    let (_, g) = s.get(&format!("/api/v1/restores/{id}"), Some(&tb)).await;
-    let grant = g["grant"].as_str().unwrap().to_string();
+    let (id, grant) = granted_restore(&s, &tb, &mut alice, &ta).await;
     assert_eq!(plan_with_grant(&s, &id, &grant).await, StatusCode::OK);
     let (_, shown) = s.get(&format!("/api/v1/approvals/{id}"), Some(&to)).await;
     let now = s.state.clock.now();
@@ -720,11 +704,7 @@ async fn a_device_code_can_be_denied_only_by_its_own_approver() {
 async fn an_approval_or_a_grant_of_a_vault_deleted_meanwhile_opens_nothing() {
     let (s, to, _, (mut alice, ta), _) = restore_fixture().await;
     // Approved and granted, then the vault is deleted (soft): the grant reads nothing more.
-    let r = request_restore(&s, &to, "prod").await;
-    let granted = r["approval_id"].as_str().unwrap().to_string();
-    approve(&s, &mut alice, &ta, &granted).await;
-    let (_, g) = s.get(&format!("/api/v1/restores/{granted}"), Some(&to)).await;
-    let grant = g["grant"].as_str().unwrap().to_string();
+    let (granted, grant) = granted_restore(&s, &to, &mut alice, &ta).await;
     assert_eq!(plan_with_grant(&s, &granted, &grant).await, StatusCode::OK);
     // Requested, not yet approved.
     let r = request_restore(&s, &to, "prod").await;
@@ -740,11 +720,7 @@ async fn an_approval_or_a_grant_of_a_vault_deleted_meanwhile_opens_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_stops_when_the_approver_is_disabled() {
     let (s, to, _, (mut alice, ta), _) = restore_fixture().await;
-    let r = request_restore(&s, &to, "prod").await;
-    let id = r["approval_id"].as_str().unwrap().to_string();
-    approve(&s, &mut alice, &ta, &id).await;
-    let (_, g) = s.get(&format!("/api/v1/restores/{id}"), Some(&to)).await;
-    let grant = g["grant"].as_str().unwrap().to_string();
+    let (id, grant) = granted_restore(&s, &to, &mut alice, &ta).await;
     assert_eq!(plan_with_grant(&s, &id, &grant).await, StatusCode::OK);
     let (st, v) = s.post("/api/v1/users/alice/disable", json!({}), Some(&to)).await;
     assert_eq!(st, StatusCode::NO_CONTENT, "{v}");

@@ -198,6 +198,11 @@ pub async fn sign_approval(
 }
 
 pub async fn plan_with_grant(s: &Srv, id: &str, grant: &str) -> StatusCode {
+    plan_answer(s, id, grant).await.0
+}
+
+/// `GET /api/v1/restores/{id}/plan` with a grant: status and body.
+pub async fn plan_answer(s: &Srv, id: &str, grant: &str) -> (StatusCode, Value) {
     let r = s
         .http
         .get(format!("{}/api/v1/restores/{id}/plan", s.base))
@@ -205,7 +210,19 @@ pub async fn plan_with_grant(s: &Srv, id: &str, grant: &str) -> StatusCode {
         .send()
         .await
         .unwrap();
-    r.status()
+    let st = r.status();
+    (st, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A restore of `prod` requested as `requester`, approved by the holder of `key`/`approver`,
+/// its grant fetched by the requester: (approval id, grant).
+pub async fn granted_restore(s: &Srv, requester: &str, key: &mut SoftKey, approver: &str) -> (String, String) {
+    let r = request_restore(s, requester, "prod").await;
+    let id = r["approval_id"].as_str().unwrap().to_string();
+    approve(s, key, approver, &id).await;
+    let (st, g) = s.get(&format!("/api/v1/restores/{id}"), Some(requester)).await;
+    assert_eq!(st, StatusCode::OK, "{g}");
+    (id, g["grant"].as_str().unwrap().to_string())
 }
 
 /// Approves `id` as the holder of `key`/`token`; panics unless it is accepted.
@@ -245,10 +262,5 @@ pub async fn wait_for_job(s: &Srv, token: &str, id: &str) -> Value {
 
 /// Alice requests a restore of `prod`, the owner approves; returns (approval id, grant).
 pub async fn alices_grant(s: &Srv, ta: &str, owner: &mut SoftKey, to: &str) -> (String, String) {
-    let r = request_restore(s, ta, "prod").await;
-    let id = r["approval_id"].as_str().unwrap().to_string();
-    approve(s, owner, to, &id).await;
-    let (st, g) = s.get(&format!("/api/v1/restores/{id}"), Some(ta)).await;
-    assert_eq!(st, StatusCode::OK, "{g}");
-    (id, g["grant"].as_str().unwrap().to_string())
+    granted_restore(s, ta, owner, to).await
 }
