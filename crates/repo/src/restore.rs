@@ -48,6 +48,19 @@ pub struct RestoreProgress {
     pub bytes_done: AtomicU64,
     /// Files to restore.
     pub files_total: AtomicU64,
+    /// Set by whoever runs the restore to stop it: checked before every write of every phase
+    /// (a server stops a job whose approval no longer holds).
+    pub stop: std::sync::atomic::AtomicBool,
+}
+
+impl RestoreProgress {
+    /// Fails once [`RestoreProgress::stop`] is set.
+    fn check(&self) -> Result<()> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(Error::Invalid("the restore was stopped: its approval no longer holds".into()));
+        }
+        Ok(())
+    }
 }
 
 /// What a restore did.
@@ -262,10 +275,12 @@ pub fn restore_plan(
     // (holes stay holes) and symlinks, in parallel: creating inodes is most of a restore's
     // kernel time, and parallel creation in different directories spreads it over the cores.
     for item in items.iter().filter(|it| it.node.kind == NodeKind::Dir) {
+        progress.check()?;
         root.ensure_dir(&item.rel).map_err(io(&item.rel))?;
         summary.dirs += 1;
     }
     items.par_iter().try_for_each(|item| -> Result<()> {
+        progress.check()?;
         match item.node.kind {
             NodeKind::File => {
                 if !single_chunk(item) {
@@ -319,6 +334,7 @@ pub fn restore_plan(
     }
     let sink = |id: &Id, plain: &[u8]| -> Result<()> {
         for &(item, off) in wanted.get(id).map(|v| v.as_slice()).unwrap_or(&[]) {
+            progress.check()?;
             let it = &items[item as usize];
             if single_chunk(it) {
                 let f = root.create_file(&it.rel).map_err(io(&it.rel))?;
@@ -341,6 +357,7 @@ pub fn restore_plan(
         .map(|(i, it)| (it.rel.as_slice(), i))
         .collect();
     for item in items.iter().filter(|it| it.node.kind == NodeKind::Hardlink) {
+        progress.check()?;
         let link = item.node.link.as_ref().map(|l| l.0.as_slice()).unwrap_or_default();
         match by_rel.get(link) {
             Some(&primary) => {
@@ -360,8 +377,9 @@ pub fn restore_plan(
     items
         .par_iter()
         .filter(|it| it.node.kind != NodeKind::Dir && !single_chunk(it))
-        .try_for_each(|it| set_metadata(&root, it, owners))?;
+        .try_for_each(|it| progress.check().and_then(|()| set_metadata(&root, it, owners)))?;
     for item in items.iter().rev().filter(|it| it.node.kind == NodeKind::Dir) {
+        progress.check()?;
         set_metadata(&root, item, owners)?;
     }
     Ok(summary)

@@ -1120,6 +1120,22 @@ fn a_hostile_plan_from_a_server_writes_nothing_outside_the_target() {
     assert_eq!(contents(&outside), before);
 }
 
+#[test]
+fn a_stopped_restore_writes_nothing_more() {
+    let tmp = tempdir();
+    let src = tmp.path().join("data");
+    make_tree(&src);
+    let repo = init(Arc::new(MemBackend::new()), small_opts());
+    let snap = repo.load_snapshot(&backup(&repo, &src, None, DAY0).0).unwrap();
+    let plan = repo::restore::plan(&repo, &snap.tree, &[]).unwrap();
+    let progress = RestoreProgress::default();
+    progress.stop.store(true, Ordering::Relaxed);
+    let target = tmp.path().join("target");
+    let err = repo::restore::restore_plan(plan, &target, false, &progress, &repo::restore::RepoSource(&repo));
+    assert!(err.is_err());
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "a stopped restore created entries");
+}
+
 /// A listing, uploaded through a writer as a client would (validated, uncompressed).
 fn put_tree(w: &repo::Writer<'_>, repo: &Repository, nodes: Vec<repo::model::Node>) -> Id {
     let json = serde_json::to_vec(&repo::model::Tree { nodes }).unwrap();

@@ -809,29 +809,6 @@ pub struct RestoreJob {
     pub outcome: std::sync::Mutex<(String, serde_json::Value)>,
     /// When it started (server clock).
     pub started: i64,
-    /// Set when a re-decision refuses the restore: the job stops before its next write.
-    pub stop: std::sync::atomic::AtomicBool,
-}
-
-/// The vault's contents for a server-side job, refusing to deliver once the job is stopped.
-struct StoppableSource<'a> {
-    inner: repo::restore::RepoSource<'a>,
-    stop: &'a std::sync::atomic::AtomicBool,
-}
-
-impl repo::restore::ContentSource for StoppableSource<'_> {
-    fn fetch(
-        &self,
-        wanted: &[(repo::Id, u32)],
-        sink: &(dyn Fn(&repo::Id, &[u8]) -> Result<(), repo::Error> + Sync),
-    ) -> Result<(), repo::Error> {
-        self.inner.fetch(wanted, &|id, plain| {
-            if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(repo::Error::Invalid("the restore was stopped: its approval no longer holds".into()));
-            }
-            sink(id, plain)
-        })
-    }
 }
 
 /// How often a running server-side restore is re-decided.
@@ -863,7 +840,6 @@ async fn start_server_restore(state: &Arc<AppState>, a: &store::Approval, op: Re
         progress: Default::default(),
         outcome: std::sync::Mutex::new(("running".into(), serde_json::Value::Null)),
         started: state.clock.now(),
-        stop: std::sync::atomic::AtomicBool::new(false),
     });
     state.vaults.jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(a.id.clone(), job.clone());
     audit(
@@ -886,8 +862,7 @@ async fn start_server_restore(state: &Arc<AppState>, a: &store::Approval, op: Re
             std::fs::create_dir(&j.target).map_err(|e| io(&j.target, e))?;
             let snap = repo.load_snapshot(&repo::Id::from_hex(&j.operation.snapshot).unwrap_or(repo::Id([0; 32])))?;
             let entries = repo::restore::plan(&repo, &snap.tree, &j.operation.paths)?;
-            let source = StoppableSource { inner: repo::restore::RepoSource(&repo), stop: &j.stop };
-            repo::restore::restore_plan(entries, &j.target, false, &j.progress, &source)
+            repo::restore::restore_plan(entries, &j.target, false, &j.progress, &repo::restore::RepoSource(&repo))
         });
         // While it runs, the vault stays busy for maintenance (prune, key retirement, purge),
         // and the restore is re-decided: a lost role, a changed policy or a deleted vault or
@@ -899,8 +874,9 @@ async fn start_server_restore(state: &Arc<AppState>, a: &store::Approval, op: Re
                 _ = tokio::time::sleep(std::time::Duration::from_secs(JOB_RECHECK_SECONDS)) => {
                     let now = st.clock.now();
                     st.vaults.restoring.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), (job.operation.vault.clone(), now));
-                    if !job.stop.load(std::sync::atomic::Ordering::Relaxed) && redecide(&st, &approval, &job.operation).await.is_err() {
-                        job.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    if !job.progress.stop.load(std::sync::atomic::Ordering::Relaxed) && redecide(&st, &approval, &job.operation).await.is_err() {
+                        // The job stops before its next write, in whatever phase it is.
+                        job.progress.stop.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }
