@@ -97,60 +97,6 @@ mod tests {
         assert!(!is_safe_relative_path(b"a/../b") && !is_safe_relative_path(b"/a") && is_safe_relative_path(b"a/b"));
     }
 
-    fn node(kind: NodeKind) -> Node {
-        Node {
-            name: RawName(b"x".to_vec()),
-            kind,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 0,
-            atime_ns: 0,
-            size: 0,
-            inode: 0,
-            content: Vec::new(),
-            subtree: None,
-            target: None,
-            link: None,
-        }
-    }
-
-    #[test]
-    fn symlink_with_a_subtree_and_other_kinds_with_foreign_fields_are_refused() {
-        let sub = Some(Id([1; 32]));
-        let chunk = vec![Content::Chunk { id: Id([2; 32]), len: 3 }];
-        let target = Some(RawName(b"/etc".to_vec()));
-        let link = Some(RawName(b"a".to_vec()));
-        let bad = [
-            Node { subtree: sub, target: target.clone(), ..node(NodeKind::Symlink) },
-            Node { subtree: sub, link: link.clone(), ..node(NodeKind::Hardlink) },
-            Node { subtree: sub, ..node(NodeKind::File) },
-            Node { subtree: sub, target: target.clone(), ..node(NodeKind::Dir) },
-            Node { subtree: sub, link: link.clone(), ..node(NodeKind::Dir) },
-            Node { content: chunk.clone(), size: 3, target: target.clone(), ..node(NodeKind::Symlink) },
-            Node { content: chunk.clone(), size: 2, ..node(NodeKind::File) },
-            Node { target: Some(RawName(Vec::new())), ..node(NodeKind::Symlink) },
-            Node { link: Some(RawName(b"../a".to_vec())), ..node(NodeKind::Hardlink) },
-            Node {
-                content: vec![Content::Zero { zero: u64::MAX }, Content::Zero { zero: 2 }],
-                size: 1,
-                ..node(NodeKind::File)
-            },
-        ];
-        for n in bad {
-            assert!(validate(&Tree { nodes: vec![n.clone()] }).is_err(), "{n:?}");
-        }
-        let good = [
-            Node { subtree: sub, ..node(NodeKind::Dir) },
-            Node { content: chunk, size: 3, ..node(NodeKind::File) },
-            Node { target, ..node(NodeKind::Symlink) },
-            Node { link, ..node(NodeKind::Hardlink) },
-        ];
-        for n in good {
-            assert!(validate(&Tree { nodes: vec![n.clone()] }).is_ok(), "{n:?}");
-        }
-    }
-
     use proptest::prelude::*;
 
     /// Names and paths: mostly safe names (some not UTF-8, some with dots), often enough

@@ -78,6 +78,7 @@ pub struct Writer<'r> {
     stats: WriterStats,
     force: bool,
     checkpoint_packs: usize,
+    untrusted: bool,
 }
 
 /// Packs uploaded between index checkpoints: an interrupted backup loses at most this many
@@ -102,9 +103,12 @@ impl<'r> Writer<'r> {
         Self::with(RepoRef::Borrowed(repo))
     }
 
-    /// A session that owns a handle on the repository, for servers.
+    /// A session that owns a handle on the repository, for servers: its chunks come from the
+    /// network, so `put` verifies every one it stores ([`verify_chunk`]).
     pub fn shared(repo: Arc<Repository>) -> Writer<'static> {
-        Writer::with(RepoRef::Shared(repo))
+        let mut w = Writer::with(RepoRef::Shared(repo));
+        w.untrusted = true;
+        w
     }
 
     fn with(repo: RepoRef<'r>) -> Writer<'r> {
@@ -142,6 +146,7 @@ impl<'r> Writer<'r> {
             stats: WriterStats::default(),
             force: false,
             checkpoint_packs: CHECKPOINT_PACKS,
+            untrusted: false,
         }
     }
 
@@ -277,7 +282,7 @@ impl ChunkSink for Writer<'_> {
     }
 
     fn put(&self, chunk: PreparedChunk) -> Result<()> {
-        if (!self.force && self.repo.index().contains(&chunk.id)) || !lock(&self.seen).insert(chunk.id) {
+        if (!self.force && self.repo.index().contains(&chunk.id)) || lock(&self.seen).contains(&chunk.id) {
             return Ok(());
         }
         if chunk.data.len() > self.repo.config().pack_size as usize
@@ -285,10 +290,14 @@ impl ChunkSink for Writer<'_> {
         {
             return Err(Error::Invalid(format!("chunk {} is larger than a pack", chunk.id)));
         }
-        if chunk.kind == BlobKind::Tree {
-            // Listings come from the client: check them now, so a snapshot that could not be
-            // restored is never committed.
+        // Verified once, and only what is stored: every chunk of an untrusted session, and
+        // listings from anyone (so a snapshot that could not be restored is never committed).
+        // A refused chunk is not remembered, so a correct upload of its id still counts.
+        if self.untrusted || chunk.kind == BlobKind::Tree {
             verify_chunk(&self.repo, &chunk)?;
+        }
+        if !lock(&self.seen).insert(chunk.id) {
+            return Ok(());
         }
         let mut pack = lock(&self.open).pop().unwrap_or_else(|| self.new_pack());
         pack.add(chunk.id, chunk.kind, chunk.compressed, chunk.raw_len, &chunk.data);

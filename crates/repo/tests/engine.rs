@@ -1233,6 +1233,44 @@ fn commit_refuses_snapshots_whose_references_are_not_stored_or_not_what_they_cla
 }
 
 #[test]
+fn a_symlink_with_a_subtree_and_other_kinds_with_foreign_fields_are_refused_as_listings() {
+    use repo::model::{NodeKind, RawName};
+    use testkit::hostile::node;
+    let sub = Some(Id([1; 32]));
+    let chunk = vec![Content::Chunk { id: Id([2; 32]), len: 3 }];
+    let target = Some(RawName(b"/etc".to_vec()));
+    let link = Some(RawName(b"a".to_vec()));
+    let bad = [
+        repo::model::Node { subtree: sub, target: target.clone(), ..node("x", NodeKind::Symlink) },
+        repo::model::Node { subtree: sub, link: link.clone(), ..node("x", NodeKind::Hardlink) },
+        repo::model::Node { subtree: sub, ..node("x", NodeKind::File) },
+        repo::model::Node { subtree: sub, target: target.clone(), ..node("x", NodeKind::Dir) },
+        repo::model::Node { subtree: sub, link: link.clone(), ..node("x", NodeKind::Dir) },
+        repo::model::Node { content: chunk.clone(), size: 3, target: target.clone(), ..node("x", NodeKind::Symlink) },
+        repo::model::Node { content: chunk.clone(), size: 2, ..node("x", NodeKind::File) },
+        repo::model::Node { target: Some(RawName(Vec::new())), ..node("x", NodeKind::Symlink) },
+        repo::model::Node { link: Some(RawName(b"../a".to_vec())), ..node("x", NodeKind::Hardlink) },
+        repo::model::Node {
+            content: vec![Content::Zero { zero: u64::MAX }, Content::Zero { zero: 2 }],
+            size: 1,
+            ..node("x", NodeKind::File)
+        },
+    ];
+    for n in bad {
+        assert!(repo::tree::validate(&repo::model::Tree { nodes: vec![n.clone()] }).is_err(), "{n:?}");
+    }
+    let good = [
+        repo::model::Node { subtree: sub, ..node("x", NodeKind::Dir) },
+        repo::model::Node { content: chunk, size: 3, ..node("x", NodeKind::File) },
+        repo::model::Node { target, ..node("x", NodeKind::Symlink) },
+        repo::model::Node { link, ..node("x", NodeKind::Hardlink) },
+    ];
+    for n in good {
+        assert!(repo::tree::validate(&repo::model::Tree { nodes: vec![n.clone()] }).is_ok(), "{n:?}");
+    }
+}
+
+#[test]
 fn a_listing_that_breaks_the_rules_is_refused_on_upload() {
     use repo::model::{NodeKind, RawName};
     use testkit::hostile::node;

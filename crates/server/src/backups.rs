@@ -404,9 +404,8 @@ pub(crate) async fn chunks(
     // while its batch is verified does not free its budget early.
     tokio::task::spawn_blocking(move || -> Result<(), repo::Error> {
         let _reserved = reserved;
+        // The session's writer verifies every chunk it stores (and skips what is stored).
         for chunk in batch {
-            let repo = s.writer.repository();
-            repo::writer::verify_chunk(repo, &chunk)?;
             repo::ChunkSink::put(&s.writer, chunk)?;
         }
         Ok(())
