@@ -1737,3 +1737,24 @@ fn prune_refuses_when_snapshots_reference_data_the_index_has_lost() {
         assert_restores_to(&repo, &d.snaps[1], &d.states[1]);
     }
 }
+
+#[test]
+fn a_refused_chunk_does_not_shadow_a_correct_upload_of_its_id() {
+    let repo = init(Arc::new(MemBackend::new()), small_opts());
+    let w = repo.writer();
+    let json = serde_json::to_vec(&repo::model::Tree { nodes: vec![] }).unwrap();
+    let id = repo.hasher().id(&json);
+    let chunk = |data: Vec<u8>| repo::PreparedChunk {
+        id,
+        kind: repo::pack::BlobKind::Tree,
+        raw_len: data.len() as u32,
+        compressed: false,
+        data,
+    };
+    // An attacker (or a broken client) sends garbage under the id first.
+    assert!(repo::ChunkSink::put(&w, chunk(b"{\"nodes\": 1}".to_vec())).is_err());
+    assert_eq!(repo::ChunkSink::missing(&w, &[id]).unwrap(), vec![true], "the refused chunk is not counted as stored");
+    repo::ChunkSink::put(&w, chunk(json)).unwrap();
+    let (snap, _) = commit(w, id).unwrap();
+    assert!(repo.load_snapshot(&snap).is_ok());
+}
