@@ -219,7 +219,7 @@ fn spawn_housekeeping(state: &Arc<AppState>) {
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "could not purge expired sign-in state"),
             }
-            state.limits.forget_idle(std::time::Instant::now());
+            state.limits.forget_idle();
             if let Err(e) = audit_refusal_summaries(&state, false).await {
                 tracing::error!(error = %e, "could not audit refused sign-ins");
             }

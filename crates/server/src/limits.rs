@@ -83,7 +83,7 @@ impl Limits {
 
     /// Drops limiter state of keys idle long enough to be full again (called by housekeeping,
     /// so the maps stay as small as the set of recently active clients).
-    pub fn forget_idle(&self, _now: Instant) {
+    pub fn forget_idle(&self) {
         self.by_address.retain_recent();
         self.by_account.retain_recent();
         self.by_address.shrink_to_fit();
